@@ -1,0 +1,376 @@
+"""
+data.py: text in, tensors out.
+
+Everything that knows what a state, an action or a file looks like lives here, so that model.py and
+grpo.py can stay generic and swirl.py can read like the paper.
+
+  1. Tokenisers. All three are tiktoken.Encoding objects that share our special tokens:
+       - byte_tokenizer(): 256 byte tokens + specials, for the toy (one character = one token);
+       - bpe_tokenizer(texts, vocab_size, cache_path): a small BPE vocabulary trained here, on the
+         training corpus, by `train_bpe` (short and readable, not fast), then handed to tiktoken for
+         fast encoding; cached next to the data so it is trained once, offline;
+       - gpt2_tokenizer(): GPT-2's vocabulary from tiktoken, when it can be loaded (it needs a download).
+  2. The prompt layouts of the two roles, in one place (see `fwm_prompt`, `idm_prompt`):
+         FWM  P(y | x, z):  <|state|> x <|action|> z <|next|>   ->   y <|end|>
+         IDM  Q(z | x, y):  <|state|> x <|next|> y <|action|>   ->   z <|end|>
+     With shared weights (one model, two roles) the prompt starts with <|fwm|> or <|idm|>.
+  3. Episodes in JSONL, one per line:
+         {"states": ["s0", "s1", ..., "sT"], "actions": ["a0", ..., "a(T-1)"]}
+     "actions" may be missing, or hold null for unlabelled steps. `.jsonl.gz` loads too. Every bad
+     line raises one DataError that names the file, the line and the fix.
+  4. Episodes -> transitions (x, y, action-or-None), splits by episode, and `collate`: left-padded
+     token ids with the attention mask and the completion mask that model.py and grpo.py need.
+
+Read next: swirl.py (the algorithm).
+"""
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import tiktoken
+import torch
+
+STATE, ACTION, NEXT, END, PAD, FWM_ROLE, IDM_ROLE = (
+    "<|state|>", "<|action|>", "<|next|>", "<|end|>", "<|pad|>", "<|fwm|>", "<|idm|>"
+)
+SPECIALS = [STATE, ACTION, NEXT, END, PAD, FWM_ROLE, IDM_ROLE]
+
+# How text is cut into chunks before BPE: words with their leading space, numbers, runs of other
+# symbols, runs of whitespace. Merges never cross a chunk boundary. Written for Python's `re` and for
+# tiktoken's Rust regex alike (ASCII classes only), so the trainer and the encoder cut text the same way.
+SPLIT_PATTERN = r""" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+"""
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the line and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tokenisers
+
+
+class Tokenizer:
+    """A tiktoken.Encoding plus the ids of our special tokens. Text never produces a special token:
+    encode() treats "<|end|>" inside a state as ordinary characters."""
+
+    def __init__(self, enc: tiktoken.Encoding):
+        self.enc = enc
+        self.name = enc.name
+        self.vocab_size = enc.n_vocab
+        ids = {s: enc.encode_single_token(s) for s in SPECIALS}
+        self.state_id, self.action_id, self.next_id = ids[STATE], ids[ACTION], ids[NEXT]
+        self.end_id, self.pad_id = ids[END], ids[PAD]
+        self.fwm_id, self.idm_id = ids[FWM_ROLE], ids[IDM_ROLE]
+        self.special_ids = set(ids.values())
+
+    def encode(self, text):
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, ids):
+        """Text of the ids up to the first <|end|>, with pad and other special tokens dropped."""
+        ids = [int(i) for i in ids]
+        if self.end_id in ids:
+            ids = ids[: ids.index(self.end_id)]
+        return self.enc.decode([i for i in ids if i not in self.special_ids])
+
+    def allowed_ids(self, texts):
+        """(vocab,) bool mask of the tokens that appear in `texts`, plus <|end|>: the paper's logit mask
+        that keeps a model's outputs in its own vocabulary (state tokens for the FWM, action tokens for
+        the IDM)."""
+        allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
+        for text in texts:
+            allowed[self.encode(text)] = True
+        allowed[self.end_id] = True
+        return allowed
+
+
+def _with_specials(name, pat_str, ranks):
+    first = max(ranks.values()) + 1
+    specials = {s: first + i for i, s in enumerate(SPECIALS)}
+    return Tokenizer(tiktoken.Encoding(name=name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=specials))
+
+
+def byte_tokenizer():
+    """One token per byte (ids 0..255), then the specials: what the toy needs, and no training."""
+    return _with_specials("swirl-bytes", SPLIT_PATTERN, {bytes([i]): i for i in range(256)})
+
+
+def train_bpe(texts, vocab_size):
+    """Learn BPE merges on `texts`; returns tiktoken's mergeable_ranks {token bytes: rank}.
+
+    Start from the 256 single bytes; repeatedly find the most frequent adjacent pair of tokens inside
+    the chunks of SPLIT_PATTERN and make it a new token. A token's rank is its creation order, which is
+    the order in which tiktoken applies merges when it encodes."""
+    if vocab_size < 256:
+        raise ValueError(f"BPE vocab_size must be at least 256 (the byte tokens), got {vocab_size}")
+    chunks = Counter(c.encode("utf-8") for t in texts for c in re.findall(SPLIT_PATTERN, t))
+    words = [(list(w), n) for w, n in chunks.items()]  # each chunk as token ids, with its count
+    vocab = {i: bytes([i]) for i in range(256)}
+    ranks = {b: i for i, b in vocab.items()}
+    while len(vocab) < vocab_size:
+        pairs = Counter()
+        for ids, n in words:
+            for pair in zip(ids, ids[1:]):
+                pairs[pair] += n
+        # the same bytes can arise from two different pairs; keep only merges that make a new token
+        pairs = {p: n for p, n in pairs.items() if vocab[p[0]] + vocab[p[1]] not in ranks}
+        if not pairs:
+            break  # every chunk is already a single token
+        best = max(pairs, key=lambda p: (pairs[p], -p[0], -p[1]))  # most frequent; ties -> lowest ids
+        new = len(vocab)
+        vocab[new] = vocab[best[0]] + vocab[best[1]]
+        ranks[vocab[new]] = new
+        words = [(_merge(ids, best, new), n) for ids, n in words]
+    return ranks
+
+
+def _merge(ids, pair, new):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            out.append(new)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def corpus_hash(texts):
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def bpe_tokenizer(texts, vocab_size, cache_path=None):
+    """Train (or load from cache_path) a BPE vocabulary of `vocab_size` tokens on `texts`.
+
+    The cache file holds the corpus hash on its first line, then one `base64(token) rank` per line (the
+    format of tiktoken's own .tiktoken files); a cache made from other texts is ignored and replaced."""
+    texts = list(texts)
+    key = f"{corpus_hash(texts)} {vocab_size}"
+    if cache_path and os.path.exists(cache_path):
+        with open(cache_path) as f:
+            lines = f.read().splitlines()
+        if lines and lines[0] == key:
+            ranks = {base64.b64decode(tok): int(r) for tok, r in (ln.split() for ln in lines[1:])}
+            return _with_specials(f"swirl-bpe{vocab_size}", SPLIT_PATTERN, ranks)
+    ranks = train_bpe(texts, vocab_size)
+    if cache_path:
+        os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
+        tmp = cache_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(key + "\n")
+            f.writelines(f"{base64.b64encode(tok).decode()} {r}\n" for tok, r in ranks.items())
+        os.replace(tmp, cache_path)
+    return _with_specials(f"swirl-bpe{vocab_size}", SPLIT_PATTERN, ranks)
+
+
+def gpt2_tokenizer():
+    """GPT-2's BPE from tiktoken plus our specials. tiktoken downloads the vocabulary on first use, so
+    offline (and on a fresh CI machine) this fails: we say so instead of hanging on a network error."""
+    try:
+        base = tiktoken.get_encoding("gpt2")
+    except Exception as e:  # network errors come in many types; all mean the same here
+        raise RuntimeError(
+            f"could not load tiktoken's gpt2 vocabulary ({type(e).__name__}: {e}). It is downloaded on first "
+            "use; run once with internet access, or use --tokenizer=bpe (trained offline on your data)."
+        ) from None
+    ranks = base._mergeable_ranks
+    specials = {s: base.n_vocab + i for i, s in enumerate(SPECIALS)}
+    enc = tiktoken.Encoding(name="swirl-gpt2", pat_str=base._pat_str, mergeable_ranks=ranks, special_tokens=specials)
+    return Tokenizer(enc)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prompt layouts: the only place that knows how the two roles see a transition
+
+
+def fwm_prompt(tok, x, z, shared=False):
+    """Prompt of the forward model P(y | x, z); its completion is y."""
+    role = [tok.fwm_id] if shared else []
+    return role + [tok.state_id] + tok.encode(x) + [tok.action_id] + tok.encode(z) + [tok.next_id]
+
+
+def idm_prompt(tok, x, y, shared=False):
+    """Prompt of the inverse model Q(z | x, y); its completion is z."""
+    role = [tok.idm_id] if shared else []
+    return role + [tok.state_id] + tok.encode(x) + [tok.next_id] + tok.encode(y) + [tok.action_id]
+
+
+def completion(tok, text):
+    """The tokens a model must write: the text, then <|end|> so it learns to stop."""
+    return tok.encode(text) + [tok.end_id]
+
+
+def collate(prompts, completions=None, pad_id=0, device="cpu"):
+    """Left-pad prompt (+ completion) token lists into one batch.
+
+    Returns ids (B, T), attn_mask (B, T) with 1 on real tokens, and span_mask (B, T) with 1 on the
+    completion tokens (all zero when completions is None: a batch of prompts for generation).
+    Left padding puts every prompt's end in the same column, which batched generation needs."""
+    completions = completions if completions is not None else [[] for _ in prompts]
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), T), dtype=torch.long)
+    span = torch.zeros((len(seqs), T), dtype=torch.long)
+    for b, (s, c) in enumerate(zip(seqs, completions)):
+        ids[b, T - len(s) :] = torch.tensor(s, dtype=torch.long)
+        attn[b, T - len(s) :] = 1
+        if c:
+            span[b, T - len(c) :] = 1
+    return ids.to(device), attn.to(device), span.to(device)
+
+
+def check_fits(tok, prompt, target, block_size, source, truncate=False):
+    """Return (prompt, target) that fit in block_size tokens, or raise a DataError with the numbers.
+
+    With truncate=True: a target longer than half the block keeps its first tokens and its <|end|>;
+    then the prompt loses the tokens right after its leading special tokens (the start of state x)."""
+    n = len(prompt) + len(target)
+    if n <= block_size:
+        return prompt, target
+    if not truncate:
+        raise DataError(
+            f"{source}: this transition needs {n} tokens (prompt {len(prompt)} + completion {len(target)}) "
+            f"but block_size is {block_size}. Fix: raise --block_size, shorten the states, or pass --truncate=True."
+        )
+    half = block_size // 2
+    if len(target) > half:
+        target = target[: half - 1] + target[-1:]
+    head = next(i for i, t in enumerate(prompt) if t not in tok.special_ids)  # markers before x
+    excess = len(prompt) + len(target) - block_size
+    if excess > 0:
+        prompt = prompt[:head] + prompt[head + excess :]
+    return prompt, target
+
+
+# ----------------------------------------------------------------------------------------------------
+# Episodes and transitions
+
+
+@dataclass
+class Episode:
+    states: list  # [s0, ..., sT], strings
+    actions: list  # [a0, ..., a(T-1)], each a string or None (unlabelled)
+    source: str = "?"  # "file:line", for error messages
+
+
+@dataclass
+class Transition:
+    x: str
+    y: str
+    action: object  # str, or None when unlabelled
+    episode: int  # index of the episode it came from
+    source: str = "?"
+
+
+def _open_text(path):
+    return gzip.open(path, "rt", encoding="utf-8") if str(path).endswith(".gz") else open(path, encoding="utf-8")
+
+
+def parse_episode(obj, source):
+    """Validate one decoded JSON line and turn it into an Episode, or raise one clear DataError."""
+    fmt = 'each line must be {"states": ["s0", "s1", ...], "actions": ["a0", ...]} ("actions" optional)'
+    if not isinstance(obj, dict):
+        raise DataError(f"{source}: expected a JSON object, got {type(obj).__name__}. Fix: {fmt}")
+    if "states" not in obj:
+        raise DataError(f'{source}: missing "states". Fix: {fmt}')
+    states = obj["states"]
+    if not isinstance(states, list) or not all(isinstance(s, str) for s in states):
+        raise DataError(f'{source}: "states" must be a list of strings. Fix: {fmt}')
+    if len(states) < 2:
+        raise DataError(
+            f"{source}: an episode needs at least two states to make one transition, got {len(states)}. "
+            "Fix: drop this line or add its next state."
+        )
+    actions = obj.get("actions")
+    if actions is None:
+        actions = [None] * (len(states) - 1)
+    if not isinstance(actions, list) or not all(a is None or isinstance(a, str) for a in actions):
+        raise DataError(f'{source}: "actions" must be a list of strings or nulls. Fix: {fmt}')
+    if len(actions) != len(states) - 1:
+        raise DataError(
+            f"{source}: {len(states)} states need {len(states) - 1} actions (one per step), got {len(actions)}. "
+            "Fix: give one action per transition, null where unknown."
+        )
+    unknown = set(obj) - {"states", "actions"}
+    if unknown:
+        raise DataError(f"{source}: unknown key(s) {sorted(unknown)}. Fix: {fmt}")
+    return Episode(states=states, actions=actions, source=source)
+
+
+def load_episodes(path):
+    """Read and validate a .jsonl or .jsonl.gz file of episodes; blank lines are skipped."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file. Fix: check --data / --eval_data.")
+    episodes = []
+    with _open_text(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            source = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{source}: not valid JSON ({e.msg} at column {e.colno}). Fix: one JSON object per line.") from None
+            episodes.append(parse_episode(obj, source))
+    if not episodes:
+        raise DataError(f"{path}: the file holds no episodes. Fix: one JSON object per line, see data.py.")
+    return episodes
+
+
+def write_episodes(path, episodes):
+    """Write episodes as JSONL (gzip when the name ends in .gz), atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(tmp, "wt", encoding="utf-8") as f:
+        for ep in episodes:
+            row = {"states": ep.states}
+            if any(a is not None for a in ep.actions):
+                row["actions"] = ep.actions
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def transitions(episodes):
+    """Episodes -> (x, y, action-or-None) for every consecutive pair of states."""
+    return [
+        Transition(ep.states[t], ep.states[t + 1], ep.actions[t], i, ep.source)
+        for i, ep in enumerate(episodes)
+        for t in range(len(ep.states) - 1)
+    ]
+
+
+def split_episodes(episodes, fractions, seed=0):
+    """Shuffle episodes with `seed` and cut them into len(fractions) parts by episode, so no episode's
+    states leak between parts (held-out data must be held out). The last part takes the remainder."""
+    order = list(range(len(episodes)))
+    random.Random(seed).shuffle(order)
+    parts, start = [], 0
+    for i, frac in enumerate(fractions):
+        end = len(order) if i == len(fractions) - 1 else start + round(frac * len(order))
+        parts.append([episodes[j] for j in order[start:end]])
+        start = end
+    return parts
+
+
+def strip_actions(episodes):
+    """The same episodes with every action hidden: what SWIRL's unlabelled half looks like."""
+    return [Episode(ep.states, [None] * len(ep.actions), ep.source) for ep in episodes]
+
+
+def labelled_and_unlabelled(trans):
+    """Split transitions into those with an action (feed SFT) and those without (feed SWIRL)."""
+    return [t for t in trans if t.action is not None], [t for t in trans if t.action is None]

@@ -1,0 +1,129 @@
+"""
+grpo.py: Group Relative Policy Optimisation, and nothing about worlds or actions.
+
+SWIRL trains each of its two models with GRPO (PAPER.md, "GRPO in one paragraph"). For every prompt
+we sample a group of G completions, score each with a reward r_i, and push up the completions that
+beat their group. The choices made here, and why:
+
+  - Advantage A_i = (r_i - mean(r_group)) / (std(r_group) + eps), the same for every token of
+    completion i. The std is the population std (so a group of size 1 has std 0, not NaN), and a
+    group whose std is below `std_floor` gets exactly zero advantage: its rewards are equal up to
+    float noise, and dividing noise by a tiny std would turn it into a huge, random push.
+    `scale_rewards=False` gives Dr. GRPO's A_i = r_i - mean (no std division).
+  - Loss per token: -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A) + beta * KL_k3, with
+    rho = exp(logp - logp_old) against the log-probs at sampling time, and
+    KL_k3 = exp(d) - d - 1, d = logp_ref - logp: an unbiased, never-negative estimate of KL(pi || ref).
+  - No value network, no reward model: the reward is whatever the caller computed (in SWIRL, the
+    other, frozen model's log-likelihood).
+  - Reductions (how token losses become one number), as in TRL:
+      "grpo":    mean over each sequence's tokens, then mean over sequences (long answers weigh less);
+      "dapo":    sum over all tokens / number of tokens in the batch (every token weighs the same);
+      "dr_grpo": sum over all tokens / (sequences x completion width), a constant denominator.
+    Padding is masked out of every sum and every count.
+  - mu > 1 reuses one batch of samples for several gradient steps; the clip keeps those steps close
+    to the sampling policy. With mu = 1 the ratio is exactly 1 and only the KL and the advantage
+    matter, which is what the paper's setting amounts to.
+
+Read next: data.py (how text becomes the tensors this file consumes).
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GRPOConfig:
+    beta: float = 0.04  # weight of the k3 KL to the reference model
+    eps_low: float = 0.2  # clip range below 1 for the ratio rho
+    eps_high: float = 0.2  # clip range above 1 (DAPO raises it to let rare tokens grow)
+    loss_type: str = "grpo"  # "grpo", "dapo" or "dr_grpo"
+    scale_rewards: bool = True  # False = Dr. GRPO advantages (no std division)
+    mu: int = 1  # gradient steps per batch of samples
+    max_grad_norm: float = 1.0
+
+
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
+
+
+def group_advantages(rewards, group_size, scale_rewards=True, eps=1e-4, std_floor=1e-6):
+    """rewards: (num_prompts * G,) laid out prompt by prompt -> advantages of the same shape."""
+    if rewards.numel() % group_size != 0:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.float().view(-1, group_size)  # (P, G)
+    mean = r.mean(dim=1, keepdim=True)  # (P, 1)
+    std = r.std(dim=1, unbiased=False, keepdim=True)  # (P, 1), 0 for groups of one
+    adv = r - mean
+    if scale_rewards:
+        adv = adv / (std + eps)
+    adv = torch.where(std < std_floor, torch.zeros_like(adv), adv)  # equal rewards: no signal at all
+    return adv.view(-1)  # (P * G,)
+
+
+def k3_kl(logp, ref_logp):
+    """Per-token KL_k3 = exp(d) - d - 1 with d = logp_ref - logp. Zero iff logp == logp_ref."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def reduce_tokens(per_token, mask, loss_type):
+    """Turn a (B, T) tensor of per-token values into one number, counting only mask == 1."""
+    mask = mask.float()
+    if loss_type == "grpo":
+        per_seq = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (B,)
+        return per_seq.mean()
+    if loss_type == "dapo":
+        return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    if loss_type == "dr_grpo":
+        return (per_token * mask).sum() / (mask.size(0) * mask.size(1))
+    raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+
+
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig):
+    """The clipped, KL-regularised GRPO loss and its diagnostics.
+
+    logp: (B, T) log-probs of the sampled tokens under the policy being trained (with grad);
+    old_logp: (B, T) the same at sampling time; ref_logp: (B, T) under the frozen reference;
+    advantages: (B,); mask: (B, T) 1 on completion tokens."""
+    ratio = torch.exp(logp - old_logp)  # rho, (B, T)
+    A = advantages.unsqueeze(1)  # (B, 1): one advantage for every token of a completion
+    clipped = torch.clamp(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high)
+    policy_term = -torch.min(ratio * A, clipped * A)  # (B, T)
+    kl = k3_kl(logp, ref_logp)  # (B, T)
+    loss = reduce_tokens(policy_term + cfg.beta * kl, mask, cfg.loss_type)
+    with torch.no_grad():
+        m = mask.float()
+        n = m.sum().clamp(min=1)
+        was_clipped = ((ratio < 1 - cfg.eps_low) & (A < 0)) | ((ratio > 1 + cfg.eps_high) & (A > 0))
+        stats = {"kl": float((kl * m).sum() / n), "clip_frac": float((was_clipped.float() * m).sum() / n)}
+    return loss, stats
+
+
+def grpo_step(policy, reference, optimizer, logprobs_fn, rewards, mask, group_size, cfg: GRPOConfig):
+    """One GRPO update on a batch of sampled completions.
+
+    logprobs_fn(model) -> (B, T) per-token log-probs of the sampled completions under `model`, zero
+    outside `mask`, at the sampling temperature (the caller knows the prompt layout; we do not).
+    rewards: (B,) with B = num_prompts * group_size, grouped prompt by prompt. Returns a dict of stats."""
+    if cfg.loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {cfg.loss_type!r}; choose one of {LOSS_TYPES}")
+    advantages = group_advantages(rewards, group_size, cfg.scale_rewards)  # (B,)
+    with torch.no_grad():
+        old_logp = logprobs_fn(policy)  # the policy that sampled these completions
+        ref_logp = logprobs_fn(reference) if cfg.beta > 0 else old_logp
+    r = rewards.float().view(-1, group_size)
+    stats = {
+        "reward": float(r.mean()),
+        "reward_std": float(r.std(dim=1, unbiased=False).mean()),
+        "zero_std_frac": float((r.std(dim=1, unbiased=False) < 1e-6).float().mean()),
+    }
+    policy.train()
+    for _ in range(cfg.mu):
+        logp = logprobs_fn(policy)
+        loss, step_stats = grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+    stats.update(step_stats, loss=loss.item(), grad_norm=float(grad_norm))
+    return stats

@@ -1,0 +1,295 @@
+"""
+model.py: the small GPT that plays both roles of SWIRL.
+
+Both of the paper's models are autoregressive language models over the same token ids:
+  - the forward world model (FWM)  P_theta(y | x, z): reads state x and action z, writes next state y;
+  - the inverse dynamics model (IDM) Q_phi(z | x, y): reads x and y, writes the action z.
+This file knows nothing about states or actions: it is a nanoGPT-style decoder plus the three things
+SWIRL asks of a language model:
+  1. span_logprobs: log p(token_t | tokens_<t) for the completion tokens only, at a given temperature
+     (SFT, both rewards and GRPO all use it);
+  2. generate: batched sampling with a KV cache, temperature / top-k / top-p, an optional set of
+     allowed token ids (the paper's logit masks), per-row stop at an end token;
+  3. checkpoint helpers that write atomically.
+
+Padding. Prompts in one batch have different lengths, so we pad on the LEFT and carry an attention
+mask (1 = real token). Two details make padding invisible to every row:
+  - positions are counted over real tokens only (cumsum of the mask), so a row's first real token is
+    at position 0 whatever its padding;
+  - attention never looks at a pad key. A pad query would then see no key at all (softmax over
+    nothing = NaN), so each pad query may look at itself; its output is never used.
+
+Read next: grpo.py (the RL update), then data.py (text -> tensors), then swirl.py (the algorithm).
+"""
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 512
+    block_size: int = 256  # longest sequence (prompt + completion) the model can read
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0  # keep 0 for GRPO: the ratio new/old must compare the same function
+    bias: bool = False
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, allowed, cache=None):
+        """x: (B, T, C) new tokens; allowed: (B, 1, T, S) bool, True where query t may see key s
+        (None = plain causal); cache: a LayerCache holding the S - T earlier keys and values."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        hd = C // self.n_head
+        q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = k.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+        v = v.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, nh, S, hd): the past plus these T positions
+        p = self.dropout if self.training else 0.0
+        if allowed is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, allowed, cache=None):
+        x = x + self.attn(self.ln_1(x), allowed, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class LayerCache:
+    """Keys and values of one layer for every position seen so far, preallocated to max_len."""
+
+    def __init__(self, B, n_head, max_len, head_dim, device, dtype):
+        self.k = torch.zeros(B, n_head, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def append(self, k, v):
+        T = k.size(2)
+        self.k[:, :, self.length : self.length + T] = k
+        self.v[:, :, self.length : self.length + T] = v
+        self.length += T
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+
+
+def attention_allowed(attn_mask, T):
+    """Which keys each of the last T queries may attend to, given attn_mask (B, S) of real tokens.
+
+    allowed[b, 0, t, s] = (s <= query position) and (key s is real, or s is the query itself).
+    The query-itself exception keeps pad rows from a softmax over an empty set."""
+    B, S = attn_mask.shape
+    q_pos = torch.arange(S - T, S, device=attn_mask.device).view(T, 1)  # (T, 1)
+    k_pos = torch.arange(S, device=attn_mask.device).view(1, S)  # (1, S)
+    causal = k_pos <= q_pos  # (T, S)
+    real_key = attn_mask.bool().view(B, 1, S)  # (B, 1, S)
+    allowed = (causal & real_key) | (k_pos == q_pos)  # (B, T, S)
+    return allowed.unsqueeze(1)  # (B, 1, T, S)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying, as in GPT-2
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the residual projections: each block adds to the residual stream twice
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
+
+    def forward(self, idx, attn_mask=None, cache=None):
+        """idx: (B, T) new token ids. attn_mask: (B, S) with 1 for real tokens over ALL positions the
+        model can see (the cached past plus these T), or None for unpadded input without a cache.
+        cache: a list of LayerCache (one per block) or None. Returns logits (B, T, vocab)."""
+        B, T = idx.shape
+        if attn_mask is None:
+            past = cache[0].length if cache is not None else 0
+            attn_mask = torch.ones(B, past + T, dtype=torch.long, device=idx.device)
+        S = attn_mask.size(1)
+        if S > self.config.block_size:
+            raise ValueError(f"sequence of {S} tokens is longer than block_size={self.config.block_size}")
+        # positions count real tokens only, so left padding does not shift a row
+        pos = (attn_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, S - T :]  # (B, T)
+        unpadded_prefill = cache is None and bool(attn_mask.all())
+        allowed = None if unpadded_prefill else attention_allowed(attn_mask, T)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, allowed, None if cache is None else cache[i])
+        return self.lm_head(self.ln_f(x))  # (B, T, vocab)
+
+    def new_cache(self, B, max_len):
+        cfg = self.config
+        p = self.wte.weight
+        return [LayerCache(B, cfg.n_head, max_len, cfg.n_embd // cfg.n_head, p.device, p.dtype) for _ in self.blocks]
+
+
+def masked_logits(logits, allowed_ids):
+    """Apply the paper's logit mask: tokens outside allowed_ids (a (vocab,) bool tensor) get -inf."""
+    if allowed_ids is None:
+        return logits
+    return logits.masked_fill(~allowed_ids, float("-inf"))
+
+
+def span_logprobs(model, ids, attn_mask, span_mask, temperature=1.0, allowed_ids=None):
+    """log p(ids[b, t] | ids[b, <t]) at `temperature` for every t with span_mask[b, t] = 1, else 0.
+
+    ids, attn_mask, span_mask: (B, T). The span is the completion (y for the FWM, z for the IDM);
+    its first token must come after at least one prompt token. Returns (B, T) float32.
+    Only the span positions go through log_softmax, so the cost is (tokens in span) x vocab."""
+    logits = model(ids, attn_mask)[:, :-1]  # (B, T-1, V): position t-1 predicts token t
+    target = span_mask[:, 1:].bool()  # (B, T-1)
+    picked = masked_logits(logits[target].float() / temperature, allowed_ids)  # (N, V)
+    logp = F.log_softmax(picked, dim=-1).gather(1, ids[:, 1:][target].unsqueeze(1)).squeeze(1)  # (N,)
+    out = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+    out[:, 1:][target] = logp
+    return out  # (B, T)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Pick one token per row from logits (B, V). temperature 0 means greedy (argmax)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)  # (B,)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = F.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens strictly more likely than it already hold top_p of the mass;
+        # the most likely token is therefore always kept
+        drop_sorted = probs.cumsum(dim=-1) - probs > top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    ids,
+    attn_mask,
+    max_new_tokens,
+    end_id,
+    pad_id,
+    temperature=1.0,
+    top_k=None,
+    top_p=None,
+    allowed_ids=None,
+    generator=None,
+    use_cache=True,
+):
+    """Continue each left-padded prompt in ids (B, T) by up to max_new_tokens tokens.
+
+    To sample a group of G completions per prompt, repeat the rows first (ids.repeat_interleave(G, 0)).
+    Each row stops at end_id (kept in the output); everything after it is pad_id.
+    Returns (tokens (B, L), mask (B, L)) with L <= max_new_tokens and mask 1 on real tokens (end included).
+    use_cache=False recomputes the whole sequence at every step: the slow oracle for the cached path."""
+    B, T = ids.shape
+    if T + max_new_tokens > model.config.block_size:
+        raise ValueError(
+            f"prompt of {T} tokens + {max_new_tokens} new tokens exceeds block_size={model.config.block_size}"
+        )
+    cache = model.new_cache(B, T + max_new_tokens) if use_cache else None
+    seq, mask = ids, attn_mask
+    logits = model(ids, attn_mask, cache)[:, -1]  # (B, V): prefill the prompt
+    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    out, out_mask = [], []
+    for _ in range(max_new_tokens):
+        tok = sample_next(masked_logits(logits.float(), allowed_ids), temperature, top_k, top_p, generator)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)  # (B,)
+        out.append(tok)
+        out_mask.append(~done)
+        done = done | (tok == end_id)
+        if bool(done.all()):
+            break
+        seq = torch.cat([seq, tok[:, None]], dim=1)  # (B, T + t)
+        mask = torch.cat([mask, torch.ones_like(tok[:, None])], dim=1)
+        if use_cache:
+            logits = model(tok[:, None], mask, cache)[:, -1]
+        else:
+            logits = model(seq, mask)[:, -1]
+    return torch.stack(out, dim=1), torch.stack(out_mask, dim=1).long()  # (B, L), (B, L)
+
+
+def save_checkpoint(path, **state):
+    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def model_state(model):
+    """What a checkpoint needs to rebuild a model: its config and its weights."""
+    return {"config": asdict(model.config), "weights": model.state_dict()}
+
+
+def model_from_state(state, device="cpu"):
+    model = GPT(GPTConfig(**state["config"]))
+    model.load_state_dict(state["weights"])
+    return model.to(device)
+
+
+def load_checkpoint(path, device="cpu"):
+    return torch.load(path, map_location=device, weights_only=False)

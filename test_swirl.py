@@ -1,0 +1,338 @@
+"""
+test_swirl.py: tests that compare against an oracle (a slow loop, an uncached path, a hand-computed
+value). Run with `python -m pytest -q test_swirl.py`. Every test uses tiny sizes and runs in seconds.
+"""
+
+import gzip
+import json
+import math
+
+import pytest
+import torch
+
+import data
+import grpo
+from model import GPT, GPTConfig, generate, load_checkpoint, model_from_state, model_state, save_checkpoint
+from model import span_logprobs
+
+# ----------------------------------------------------------------------------------------------------
+# model.py
+
+
+def tiny_model(seed=0, vocab=40, block=64):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def slow_logprobs(model, seq, start, temperature=1.0):
+    """Oracle: for each completion position t >= start, run the model on seq[:t] alone."""
+    out = []
+    for t in range(start, len(seq)):
+        logits = model(torch.tensor([seq[:t]]))[0, -1] / temperature
+        out.append(torch.log_softmax(logits.float(), -1)[seq[t]].item())
+    return out
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_span_logprobs_match_slow_loop_with_padding(temperature):
+    model = tiny_model()
+    prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
+    comps = [[11, 12], [13, 14, 15, 16], [17]]
+    ids, attn, span = data.collate(prompts, comps, pad_id=0)
+    lp = span_logprobs(model, ids, attn, span, temperature)
+    for b in range(3):
+        want = slow_logprobs(model, prompts[b] + comps[b], len(prompts[b]), temperature)
+        got = lp[b][span[b].bool()].tolist()
+        assert got == pytest.approx(want, abs=1e-5)
+        assert (lp[b][~span[b].bool()] == 0).all()
+
+
+def test_left_padding_changes_no_logprob():
+    model = tiny_model()
+    ids, attn, span = data.collate([[1, 2, 3]], [[4, 5]], pad_id=0)
+    alone = span_logprobs(model, ids, attn, span)[span.bool()]
+    ids2, attn2, span2 = data.collate([[1, 2, 3], list(range(1, 20))], [[4, 5], [6]], pad_id=0)
+    padded = span_logprobs(model, ids2, attn2, span2)[0][span2[0].bool()]
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_cached_sampling_equals_uncached_sampling():
+    model = tiny_model()
+    ids, attn, _ = data.collate([[1, 2, 3, 4], [5, 6], [7, 8, 9]], pad_id=0)
+    ids, attn = ids.repeat_interleave(4, 0), attn.repeat_interleave(4, 0)
+    kwargs = dict(max_new_tokens=12, end_id=3, pad_id=0, temperature=0.9, top_k=30, top_p=0.95)
+    a, ma = generate(model, ids, attn, generator=torch.Generator().manual_seed(7), use_cache=True, **kwargs)
+    b, mb = generate(model, ids, attn, generator=torch.Generator().manual_seed(7), use_cache=False, **kwargs)
+    assert torch.equal(a, b) and torch.equal(ma, mb)
+    assert a.shape[0] == 12
+
+
+def test_generate_stops_at_end_masks_and_pads():
+    model = tiny_model()
+    ids, attn, _ = data.collate([[1, 2], [4, 5, 6]], pad_id=0)
+    allowed = torch.zeros(40, dtype=torch.bool)
+    allowed[[3, 10, 11]] = True  # only tokens 10, 11 and the end token 3 may be written
+    toks, mask = generate(model, ids.repeat_interleave(8, 0), attn.repeat_interleave(8, 0), 20, end_id=3,
+                          pad_id=0, allowed_ids=allowed, generator=torch.Generator().manual_seed(0))
+    for row, m in zip(toks.tolist(), mask.tolist()):
+        n = sum(m)
+        assert m == [1] * n + [0] * (len(m) - n)  # real tokens, then padding
+        assert set(row[:n]) <= {3, 10, 11}
+        if 3 in row[:n]:
+            assert row.index(3) == n - 1 and all(t == 0 for t in row[n:])
+
+
+def test_padding_in_prompt_does_not_change_sampled_tokens():
+    model = tiny_model()
+    kwargs = dict(max_new_tokens=10, end_id=3, pad_id=0, temperature=0)  # greedy: deterministic per row
+    ids, attn, _ = data.collate([[1, 2, 5]], pad_id=0)
+    alone, _ = generate(model, ids, attn, **kwargs)
+    ids2, attn2, _ = data.collate([[1, 2, 5], list(range(4, 30))], pad_id=0)
+    batched, _ = generate(model, ids2, attn2, **kwargs)
+    assert alone[0].tolist() == batched[0, : alone.shape[1]].tolist()
+
+
+def test_top_p_keeps_the_nucleus():
+    from model import sample_next
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    picks = {int(sample_next(logits, 1.0, top_p=0.7, generator=g)) for _ in range(300)}
+    assert picks == {0, 1}  # 0.5 < 0.7 so token 1 is needed; 0.8 >= 0.7 so token 2 is not
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = tiny_model()
+    path = str(tmp_path / "ck" / "m.pt")
+    save_checkpoint(path, model=model_state(model), step=3)
+    state = load_checkpoint(path)
+    again = model_from_state(state["model"]).eval()
+    x = torch.tensor([[1, 2, 3]])
+    assert torch.equal(model(x), again(x)) and state["step"] == 3
+
+
+def test_sequence_longer_than_block_is_an_error():
+    model = tiny_model(block=8)
+    with pytest.raises(ValueError, match="block_size=8"):
+        model(torch.ones(1, 9, dtype=torch.long))
+    with pytest.raises(ValueError, match="exceeds block_size=8"):
+        generate(model, torch.ones(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.long), 4, end_id=3, pad_id=0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# grpo.py
+
+
+def test_advantages_are_per_group():
+    r = torch.tensor([1.0, 3.0, 10.0, 30.0])
+    adv = grpo.group_advantages(r, group_size=2)
+    assert adv.tolist() == pytest.approx([-1, 1, -1, 1], abs=1e-3)  # each group standardised on its own
+    dr = grpo.group_advantages(r, group_size=2, scale_rewards=False)
+    assert dr.tolist() == pytest.approx([-1, 1, -10, 10])
+
+
+@pytest.mark.parametrize("G", [1, 3, 8])
+def test_equal_rewards_give_exactly_zero_advantage(G):
+    r = torch.full((2 * G,), 0.1) * torch.tensor(3.0)  # 0.30000000000000004-style float noise
+    r[:G] = r[:G] + torch.linspace(0, 1e-9, G)  # a tiny float std must not blow up
+    adv = grpo.group_advantages(r, G)
+    assert torch.isfinite(adv).all() and (adv == 0).all()
+
+
+def test_k3_kl_is_non_negative_and_zero_for_identical():
+    a, b = torch.randn(1000), torch.randn(1000)
+    assert (grpo.k3_kl(a, b) >= 0).all()
+    assert (grpo.k3_kl(a, a) == 0).all()
+
+
+def test_reductions_by_hand():
+    per_token = torch.tensor([[1.0, 2.0, 0.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert grpo.reduce_tokens(per_token, mask, "grpo").item() == pytest.approx((1.5 + 4) / 2)
+    assert grpo.reduce_tokens(per_token, mask, "dapo").item() == pytest.approx(7 / 3)
+    assert grpo.reduce_tokens(per_token, mask, "dr_grpo").item() == pytest.approx(7 / 6)
+    with pytest.raises(ValueError, match="unknown loss_type"):
+        grpo.reduce_tokens(per_token, mask, "ppo")
+
+
+def test_padding_changes_no_loss():
+    logp, old, ref = torch.randn(2, 3), torch.randn(2, 3), torch.randn(2, 3)
+    adv, mask = torch.tensor([1.0, -1.0]), torch.tensor([[1, 1, 0], [1, 1, 1]])
+    cfg = grpo.GRPOConfig(beta=0.1)
+    base, _ = grpo.grpo_loss(logp, old, ref, adv, mask, cfg)
+    pad = lambda t, v: torch.cat([t, torch.full((2, 2), v)], 1)  # two extra padded columns of junk
+    for lt in grpo.LOSS_TYPES[:2]:  # dr_grpo divides by the width by design
+        cfg.loss_type = lt
+        a, _ = grpo.grpo_loss(logp, old, ref, adv, mask, cfg)
+        b, _ = grpo.grpo_loss(pad(logp, 5.0), pad(old, -3.0), pad(ref, 9.0), adv, pad(mask, 0), cfg)
+        assert a.item() == pytest.approx(b.item())
+
+
+def bandit_setup(seed=0):
+    """One prompt; completions are a single token; the reward prefers token 7."""
+    model = tiny_model(seed)
+    prompt = torch.tensor([[1, 2, 3]])
+    return model, prompt
+
+
+def bandit_logprobs(prompt, tokens):
+    ids = torch.cat([prompt.expand(len(tokens), -1), tokens[:, None]], 1)
+    attn = torch.ones_like(ids)
+    span = torch.zeros_like(ids)
+    span[:, -1] = 1
+    return lambda m: span_logprobs(m, ids, attn, span), span
+
+
+def test_first_inner_step_ratio_one_loss_zero_grad_nonzero():
+    model, prompt = bandit_setup()
+    ref = tiny_model()
+    tokens = torch.tensor([5, 7, 9, 7])
+    fn, span = bandit_logprobs(prompt, tokens)
+    rewards = (tokens == 7).float()
+    adv = grpo.group_advantages(rewards, 4)
+    logp = fn(model)
+    loss, stats = grpo.grpo_loss(logp, logp.detach(), logp.detach(), adv, span, grpo.GRPOConfig(beta=0.04))
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)  # ratio 1, advantages sum to zero, KL 0
+    loss.backward()
+    assert model.wte.weight.grad.abs().sum() > 0
+    assert stats["kl"] == 0 and stats["clip_frac"] == 0
+
+
+def test_grpo_raises_probability_of_rewarded_token():
+    torch.manual_seed(0)
+    model, prompt = bandit_setup()
+    ref = tiny_model()  # same seed -> same weights as the policy at the start
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    cfg = grpo.GRPOConfig(beta=0.01, mu=2)
+    allowed = torch.zeros(40, dtype=torch.bool)
+    allowed[5:10] = True  # five possible answers: chance is 0.2
+
+    def p7(m):
+        with torch.no_grad():
+            return torch.softmax(model(prompt)[0, -1].masked_fill(~allowed, -1e9), -1)[7].item()
+
+    before = p7(model)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(15):
+        toks, _ = generate(model, prompt.repeat(8, 1), torch.ones(8, 3, dtype=torch.long), 1, end_id=0, pad_id=0,
+                           allowed_ids=allowed, generator=g)
+        ids = torch.cat([prompt.repeat(8, 1), toks], 1)
+        span = torch.zeros_like(ids)
+        span[:, -1] = 1
+        fn = lambda m: span_logprobs(m, ids, torch.ones_like(ids), span, allowed_ids=allowed)
+        stats = grpo.grpo_step(model, ref, opt, fn, (toks[:, 0] == 7).float(), span, 8, cfg)
+    assert before < 0.3 and p7(model) > 0.8
+    assert math.isfinite(stats["grad_norm"]) and 0 <= stats["zero_std_frac"] <= 1
+
+
+# ----------------------------------------------------------------------------------------------------
+# data.py
+
+
+@pytest.mark.parametrize("text", ["#..A\n.#..\n", "héllo wörld → ∑ 日本", "take key; open door", ""])
+def test_byte_tokenizer_round_trip(text):
+    tok = data.byte_tokenizer()
+    ids = tok.encode(text)
+    assert len(ids) == len(text.encode("utf-8")) and tok.decode(ids) == text
+
+
+def test_specials_are_never_produced_by_text_but_decode_stops_at_end():
+    tok = data.byte_tokenizer()
+    assert tok.end_id not in tok.encode("a <|end|> b")
+    assert tok.decode(tok.encode("ab") + [tok.end_id] + tok.encode("zz")) == "ab"
+    assert tok.decode([tok.pad_id, tok.pad_id] + tok.encode("ok")) == "ok"
+
+
+def test_bpe_trains_round_trips_and_caches(tmp_path):
+    corpus = ["You are in the kitchen. You see a fridge, a stove and a table."] * 20 + ["Ünïcode ok → 日本語"]
+    cache = str(tmp_path / "bpe.tiktoken")
+    tok = data.bpe_tokenizer(corpus, 300, cache)
+    assert tok.vocab_size == 300 + len(data.SPECIALS)
+    for text in corpus + ["unseen words: zebra 123 €", "<|end|> inside text"]:
+        assert tok.decode(tok.encode(text)) == text
+    assert len(tok.encode(corpus[0])) < len(corpus[0]) // 2  # the merges compress
+    again = data.bpe_tokenizer(corpus, 300, cache)  # loaded from the cache
+    assert again.encode(corpus[0]) == tok.encode(corpus[0])
+    other = data.bpe_tokenizer(["something else entirely"] * 5, 280, cache)  # stale cache is replaced
+    assert other.vocab_size <= 280 + len(data.SPECIALS)
+
+
+def test_bpe_matches_merge_order_by_hand():
+    ranks = data.train_bpe(["aaab aaab"], 258)
+    assert ranks[b"aa"] == 256  # the most frequent pair ("a","a" occurs 4 times) is merged first
+
+
+def test_layouts_and_collate_masks():
+    tok = data.byte_tokenizer()
+    p = data.fwm_prompt(tok, "AB", "up")
+    assert p == [tok.state_id, 65, 66, tok.action_id, ord("u"), ord("p"), tok.next_id]
+    q = data.idm_prompt(tok, "AB", "CD", shared=True)
+    assert q[:2] == [tok.idm_id, tok.state_id] and q[-1] == tok.action_id
+    c = data.completion(tok, "C")
+    ids, attn, span = data.collate([p, q], [c, c], pad_id=tok.pad_id)
+    assert attn[0].tolist() == [0] * (len(q) - len(p)) + [1] * (len(p) + 2)
+    assert span.sum(1).tolist() == [2, 2] and ids[0, -2:].tolist() == c
+
+
+def write_lines(path, lines):
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_load_episodes_good_file_and_gz(tmp_path):
+    rows = [{"states": ["a", "b", "c"], "actions": ["x", None]}, {"states": ["d", "e"]}]
+    path = write_lines(tmp_path / "ok.jsonl", [json.dumps(r) for r in rows] + [""])
+    eps = data.load_episodes(path)
+    trans = data.transitions(eps)
+    assert [(t.x, t.y, t.action) for t in trans] == [("a", "b", "x"), ("b", "c", None), ("d", "e", None)]
+    lab, unlab = data.labelled_and_unlabelled(trans)
+    assert len(lab) == 1 and len(unlab) == 2
+    gz = str(tmp_path / "ok.jsonl.gz")
+    data.write_episodes(gz, eps)
+    assert [e.states for e in data.load_episodes(gz)] == [e.states for e in eps]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"states": ["a", "b"]', "not valid JSON"),
+        ('["a", "b"]', "expected a JSON object"),
+        ('{"actions": ["x"]}', 'missing "states"'),
+        ('{"states": ["only one"]}', "at least two states"),
+        ('{"states": ["a", 3]}', "list of strings"),
+        ('{"states": ["a", "b", "c"], "actions": ["x"]}', "need 2 actions"),
+        ('{"states": ["a", "b"], "actions": [7]}', "strings or nulls"),
+        ('{"states": ["a", "b"], "action": ["x"]}', "unknown key"),
+    ],
+)
+def test_bad_lines_name_file_and_line(tmp_path, line, message):
+    path = write_lines(tmp_path / "bad.jsonl", ['{"states": ["a", "b"]}', line])
+    with pytest.raises(data.DataError, match=message) as e:
+        data.load_episodes(path)
+    assert f"{path}:2:" in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_empty_and_missing_files(tmp_path):
+    with pytest.raises(data.DataError, match="holds no episodes"):
+        data.load_episodes(write_lines(tmp_path / "empty.jsonl", [""]))
+    with pytest.raises(data.DataError, match="no such file"):
+        data.load_episodes(str(tmp_path / "nope.jsonl"))
+
+
+def test_state_longer_than_context(tmp_path):
+    tok = data.byte_tokenizer()
+    prompt, target = data.fwm_prompt(tok, "x" * 50, "up"), data.completion(tok, "y" * 50)
+    with pytest.raises(data.DataError, match=r"f.jsonl:3: .*needs 106 tokens \(prompt 55 \+ completion 51\).*block_size is 64"):
+        data.check_fits(tok, prompt, target, 64, "f.jsonl:3")
+    p2, t2 = data.check_fits(tok, prompt, target, 64, "f.jsonl:3", truncate=True)
+    assert len(p2) + len(t2) <= 64
+    assert p2[0] == tok.state_id and p2[-1] == tok.next_id and t2[-1] == tok.end_id
+
+
+def test_split_by_episode_is_disjoint_and_seeded():
+    eps = [data.Episode([str(i), str(i + 1)], [None]) for i in range(10)]
+    a, b, c = data.split_episodes(eps, [0.5, 0.3, 0.2], seed=1)
+    assert (len(a), len(b), len(c)) == (5, 3, 2)
+    ids = [e.states[0] for e in a + b + c]
+    assert sorted(ids) == sorted(e.states[0] for e in eps)
+    assert [e.states for e in data.split_episodes(eps, [0.5, 0.5], seed=1)[0]] == [e.states for e in a]
