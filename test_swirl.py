@@ -336,3 +336,201 @@ def test_split_by_episode_is_disjoint_and_seeded():
     ids = [e.states[0] for e in a + b + c]
     assert sorted(ids) == sorted(e.states[0] for e in eps)
     assert [e.states for e in data.split_episodes(eps, [0.5, 0.5], seed=1)[0]] == [e.states for e in a]
+
+
+# ----------------------------------------------------------------------------------------------------
+# toy_envs/
+
+
+from toy_envs import ACTIONS, GridWorld, consistent_actions, make_episodes, step  # noqa: E402
+from toy_envs.gridworld import parse, render  # noqa: E402
+
+
+def test_world_is_deterministic_and_seeded():
+    w = GridWorld()
+    assert make_episodes(w, 5, seed=3) == make_episodes(w, 5, seed=3)
+    assert make_episodes(w, 5, seed=3) != make_episodes(w, 5, seed=4)
+    states, actions = make_episodes(w, 5, seed=3)
+    for s, a in zip(states, actions):
+        assert len(s) == w.episode_len + 1 and len(a) == w.episode_len
+        assert all(step(s[t], a[t]) == s[t + 1] for t in range(len(a)))  # states follow the true dynamics
+        assert all(render(parse(x)) == x and x.count("A") == 1 for x in s)
+
+
+def test_dynamics_by_hand():
+    x = "A.o.\n.#..\n...."
+    assert step(x, "right") == ".Ao.\n.#..\n...."  # walk
+    assert step(step(x, "right"), "right") == "..Ao\n.#..\n...."  # push the box
+    assert step("..Ao\n.#..\n....", "right") == "..Ao\n.#..\n...."  # box against the edge: blocked
+    assert step(x, "up") == x and step(x, "left") == x  # off the grid: nothing changes
+    assert step(".A\n.#", "down") == ".A\n.#"  # into a wall
+    assert consistent_actions(x, ".Ao.\n.#..\n....") == ["right"]
+    assert sorted(consistent_actions(x, x)) == ["left", "up"]  # a no-op: not identifiable
+    assert set(ACTIONS) == {"up", "down", "left", "right"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# swirl.py
+
+
+import random  # noqa: E402
+
+import swirl  # noqa: E402
+import train_toy  # noqa: E402
+
+
+def tiny_toy(shared=False, **over):
+    cfg = train_toy.ToyConfig(size=3, n_walls=1, episode_len=3, labelled_episodes=6, val_episodes=2,
+                              unlabelled_episodes=4, test_episodes=2, n_layer=1, n_head=2, n_embd=16)
+    scfg = swirl.SwirlConfig(sft_max_steps=4, sft_eval_every=2, steps_per_phase=2, prompts_per_step=2,
+                             group_size=2, shared=shared, best_of="2", **over)
+    lab, val, unl, unl_truth, test = train_toy.make_data(cfg, 0)
+    tok = data.byte_tokenizer()
+    task = swirl.make_task(tok, 48, lab, unl, shared)
+    new = lambda: GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=48, n_layer=1, n_head=2, n_embd=16))
+    return cfg, scfg, task, new, lab, val, unl, test
+
+
+def weights(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def spy_rewards(monkeypatch):
+    """Record every model that swirl.mean_logprob scores with, with its weights at that moment."""
+    calls = []
+    real = swirl.mean_logprob
+
+    def spy(model, *args, **kw):
+        calls.append((weights(model), any(p.requires_grad for p in model.parameters())))
+        return real(model, *args, **kw)
+
+    monkeypatch.setattr(swirl, "mean_logprob", spy)
+    return calls
+
+
+def test_phase_fwm_reward_from_frozen_idm(monkeypatch):
+    _, scfg, task, new, lab, val, unl, _ = tiny_toy(confidence=0.0)
+    torch.manual_seed(0)
+    fwm, idm = new(), new()
+    idm_before, fwm_before = weights(idm), weights(fwm)
+    calls = spy_rewards(monkeypatch)
+    stats = swirl.phase_fwm(fwm, idm, swirl.frozen_copy(fwm), task, unl, scfg, random.Random(0), torch.Generator())
+    assert stats["kept_frac"] == 1.0 and "reward" in stats
+    assert same(weights(idm), idm_before)  # the IDM did not move
+    assert not same(weights(fwm), fwm_before)  # the FWM did
+    assert calls and all(same(w, idm_before) and not grad for w, grad in calls)  # every score: frozen IDM
+
+
+def test_phase_idm_reward_from_frozen_fwm(monkeypatch):
+    _, scfg, task, new, lab, val, unl, _ = tiny_toy()
+    torch.manual_seed(0)
+    fwm, idm = new(), new()
+    idm_before, fwm_before = weights(idm), weights(fwm)
+    calls = spy_rewards(monkeypatch)
+    swirl.phase_idm(idm, fwm, swirl.frozen_copy(idm), task, unl, scfg, random.Random(0), torch.Generator())
+    assert same(weights(fwm), fwm_before) and not same(weights(idm), idm_before)
+    assert calls and all(same(w, fwm_before) and not grad for w, grad in calls)
+
+
+def test_shared_weights_reward_model_is_a_frozen_snapshot(monkeypatch):
+    _, scfg, task, new, lab, val, unl, _ = tiny_toy(shared=True, confidence=0.0)
+    torch.manual_seed(0)
+    model = new()
+    start = weights(model)
+    calls = spy_rewards(monkeypatch)
+    swirl.phase_fwm(model, model, swirl.frozen_copy(model), task, unl, scfg, random.Random(0), torch.Generator())
+    assert not same(weights(model), start)  # the one model learned ...
+    assert all(same(w, start) and not grad for w, grad in calls)  # ... but its reward role stayed frozen
+
+
+def test_confidence_filter_drops_what_it_should(monkeypatch):
+    _, scfg, task, new, lab, val, unl, _ = tiny_toy(confidence=0.5)
+    pairs = unl[:4]
+    fake = (["up", "down", "left", "right"], torch.tensor([0.9, 0.2, 0.5, 0.49]))
+    monkeypatch.setattr(swirl, "infer_actions", lambda *a: fake)
+    kept = swirl.pseudo_label(None, task, pairs, scfg)
+    assert [(t.x, t.action) for t in kept] == [(pairs[0].x, "up"), (pairs[2].x, "left")]
+    scfg.confidence = 0.95
+    stats = swirl.phase_fwm(new(), new(), None, task, pairs, scfg, random.Random(0), torch.Generator())
+    assert stats == {"kept_frac": 0.0}  # nothing confident: Phase I makes no update
+
+
+def test_references_reset_every_iteration(monkeypatch):
+    _, scfg, task, new, lab, val, unl, test = tiny_toy(iterations=2, confidence=0.0)
+    seen = {"fwm": [], "idm": []}
+    real_fwm, real_idm = swirl.phase_fwm, swirl.phase_idm
+
+    def spy_fwm(fwm, idm, ref, *a, **kw):
+        seen["fwm"].append((weights(ref), weights(fwm)))
+        return real_fwm(fwm, idm, ref, *a, **kw)
+
+    def spy_idm(idm, fwm, ref, *a, **kw):
+        seen["idm"].append((weights(ref), weights(idm)))
+        return real_idm(idm, fwm, ref, *a, **kw)
+
+    monkeypatch.setattr(swirl, "phase_fwm", spy_fwm)
+    monkeypatch.setattr(swirl, "phase_idm", spy_idm)
+    swirl.run_swirl(scfg, task, new, lab, val, unl, test, log=lambda *_: None)
+    for role in ("fwm", "idm"):
+        (ref1, start1), (ref2, start2) = seen[role]
+        assert same(ref1, start1) and same(ref2, start2)  # the reference is the model at iteration start
+        assert not same(ref1, ref2)  # ... and it moved on between iterations
+
+
+def test_sft_trains_only_the_target_tokens():
+    _, scfg, task, new, lab, *_ = tiny_toy()
+    torch.manual_seed(0)
+    model = new()
+    ex = [task.fwm_example(t.x, t.action, t.y) for t in lab[:3]]
+    loss = swirl.sft_loss(model, ex)
+    by_hand = []
+    for p, t in ex:  # oracle: slow per-token log-probs of the target, averaged over all target tokens
+        by_hand += slow_logprobs(model, p + t, len(p))
+    assert loss.item() == pytest.approx(-sum(by_hand) / len(by_hand), abs=1e-5)
+
+
+def test_parse_options_rejects_unknown_and_converts():
+    cfg, scfg = train_toy.ToyConfig(), swirl.SwirlConfig()
+    swirl.parse_options(["--seeds=3", "--beta=0.5", "--shared=true", "--phases=fwm"], cfg, scfg)
+    assert (cfg.seeds, scfg.beta, scfg.shared, scfg.phases) == (3, 0.5, True, "fwm")
+    with pytest.raises(SystemExit, match="unknown option --betta"):
+        swirl.parse_options(["--betta=1"], scfg)
+    with pytest.raises(SystemExit, match="not a int"):
+        swirl.parse_options(["--seeds=two"], cfg)
+    with pytest.raises(SystemExit, match="--key=value"):
+        swirl.parse_options(["seeds"], cfg)
+
+
+def test_mean_over_seeds_and_table():
+    runs = [[{"stage": "sft", "fwm_exact": 0.2}], [{"stage": "sft", "fwm_exact": 0.4}]]
+    (row,) = swirl.mean_over_seeds(runs)
+    assert row["fwm_exact"] == pytest.approx(0.3) and row["fwm_exact_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert "0.300 ± 0.141" in swirl.format_table([row], ["fwm_exact"])
+
+
+def test_cell_accuracy_by_hand():
+    assert train_toy.cell_accuracy(["ab\ncd", "x"], ["ab\ncc", "xy"])["fwm_cell_acc"] == pytest.approx(5 / 7)
+
+
+def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    train_toy.main([
+        f"--out_dir={out}", "--size=3", "--n_walls=1", "--episode_len=3", "--labelled_episodes=6",
+        "--val_episodes=2", "--unlabelled_episodes=4", "--test_episodes=2", "--n_layer=1", "--n_head=2",
+        "--n_embd=16", "--sft_max_steps=4", "--sft_eval_every=2", "--steps_per_phase=2", "--prompts_per_step=2",
+        "--group_size=2", "--iterations=2", "--seeds=2", "--confidence=0.0",
+    ])
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) == {"config", "wall_seconds", "stages"} and res["config"]["seeds"] == 2
+    names = [s["stage"] for s in res["stages"]]
+    assert names == ["sft", "swirl_it1_fwm", "swirl_it1_idm", "swirl_it2_fwm", "swirl_it2_idm", "bootstrap",
+                     "sft_continue", "best_of_2", "best_of_4", "best_of_8", "oracle"]
+    for s in res["stages"]:
+        for m in train_toy.METRICS:
+            assert 0 <= s[m] <= 1 and s[m + "_std"] >= 0
+    assert (out / "seed0" / "sft.pt").exists() and (out / "seed1" / "swirl_it2_idm.pt").exists()
+    assert "| stage |" in capsys.readouterr().out

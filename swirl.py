@@ -1,0 +1,549 @@
+"""
+swirl.py: the algorithm of the paper, SWIRL, on top of model.py, grpo.py and data.py.
+
+Two language models teach each other on state-only pairs (x, y):
+  FWM  P_theta(y | x, z)  writes the next state given a state and an action;
+  IDM  Q_phi(z | x, y)    writes the action that explains a change of state.
+
+  run_swirl():
+    SFT warm start on the labelled transitions, both directions           (sft)
+    for each iteration:
+      references <- copies of both models as they are now                (reset every iteration)
+      Phase I  (FWM, Variational Information Maximisation)                (phase_fwm)
+      Phase II (IDM, ELBO maximisation)                                   (phase_idm)
+    baselines on the same data: Bootstrap, SFT-continue, best-of-N, oracle SFT
+
+Simplifications, and why:
+  - Phase I infers z with the IDM's greedy output and keeps a pair only when the IDM is confident
+    (mean token log-prob of z >= log(confidence)), as the authors' code does; the real y never enters
+    the reward.
+  - Rewards are length-normalised log-likelihoods (mean per-token log-prob of the scored span),
+    clamped below at -10, from the authors' code: long states would otherwise dominate the scale.
+  - In each phase the model that gives the reward is a frozen copy of the other role taken when the
+    phase starts. With two models this changes nothing (the other model is not trained in that phase);
+    with shared weights (one model, two roles) it keeps the reward from moving while the policy moves.
+  - One fresh AdamW per phase; a fixed number of GRPO steps per phase, each on `prompts_per_step`
+    random unlabelled pairs with `group_size` samples each (the paper's "one epoch per phase" becomes
+    "steps_per_phase" so a run's cost is known in advance).
+
+Read next: train_toy.py (the toy end to end), train_llm.py (text states).
+"""
+
+import copy
+import math
+import random
+import sys
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from tqdm import tqdm
+
+from data import check_fits, collate, completion, fwm_prompt, idm_prompt
+from grpo import GRPOConfig, grpo_step
+from model import generate, span_logprobs
+
+
+@dataclass
+class SwirlConfig:
+    # SFT warm start (and the SFT-based baselines)
+    sft_lr: float = 1e-3
+    sft_batch: int = 32
+    sft_max_steps: int = 3000
+    sft_eval_every: int = 100  # steps between checks on the held-out labelled split
+    sft_patience: int = 5  # checks without improvement before early stopping
+    # SWIRL iterations
+    iterations: int = 2
+    phases: str = "both"  # "both", "fwm" (Phase I only) or "idm" (Phase II only)
+    shared: bool = False  # one model plays both roles (the role is named in the prompt)
+    steps_per_phase: int = 100  # GRPO steps in each phase
+    prompts_per_step: int = 16  # real pairs (x, y) per GRPO step
+    group_size: int = 8  # G: samples per prompt
+    lr: float = 1e-4  # GRPO learning rate
+    beta: float = 1.0  # KL weight to the reference (1 is what the ELBO asks for)
+    loss_type: str = "grpo"
+    mu: int = 1
+    temperature: float = 0.7  # sampling temperature (log-probs are taken at the same temperature)
+    top_p: float = 0.96
+    confidence: float = 0.9  # Phase I keeps pairs whose IDM action has mean token prob >= this
+    reward_floor: float = -10.0  # rewards are clamped below at this value
+    # evaluation and baselines
+    best_of: str = "2,4,8"  # N for test-time verification
+    eval_batch: int = 256
+    truncate: bool = False  # cut states that do not fit in block_size instead of raising
+
+
+def grpo_config(cfg):
+    return GRPOConfig(beta=cfg.beta, loss_type=cfg.loss_type, mu=cfg.mu)
+
+
+def frozen_copy(model):
+    """A copy that no optimiser will ever see: a reference or a reward model."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The two roles. A Task holds everything that depends on the data: the tokenizer, the logit masks
+# and the longest completions, so the functions below read like the paper.
+
+
+@dataclass
+class Task:
+    tok: object  # data.Tokenizer
+    block_size: int
+    state_ids: torch.Tensor  # (vocab,) bool: the FWM may only write these (plus <|end|>)
+    action_ids: torch.Tensor  # (vocab,) bool: the IDM may only write these (plus <|end|>)
+    max_state_tokens: int  # longest y the FWM writes, <|end|> included
+    max_action_tokens: int  # longest z the IDM writes, <|end|> included
+    shared: bool = False
+    truncate: bool = False
+
+    def fwm_example(self, x, z, y=None, source="?"):
+        """(prompt, target) for P(y | x, z). With y None (generation) the target is [] and the prompt
+        must leave room for the longest state the FWM may write."""
+        prompt = fwm_prompt(self.tok, x, z, self.shared)
+        return self._fit(prompt, completion(self.tok, y) if y is not None else None, self.max_state_tokens, source)
+
+    def idm_example(self, x, y, z=None, source="?"):
+        """(prompt, target) for Q(z | x, y); target [] when z is None (generation)."""
+        prompt = idm_prompt(self.tok, x, y, self.shared)
+        return self._fit(prompt, completion(self.tok, z) if z is not None else None, self.max_action_tokens, source)
+
+    def _fit(self, prompt, target, room, source):
+        if target is None:
+            prompt, _ = check_fits(self.tok, prompt, [self.tok.end_id] * room, self.block_size, source, self.truncate)
+            return prompt, []
+        return check_fits(self.tok, prompt, target, self.block_size, source, self.truncate)
+
+
+def make_task(tok, block_size, labelled, unlabelled, shared=False, truncate=False):
+    """Logit masks and lengths from the training data: states from every pair, actions from the labels."""
+    states = {t.x for t in labelled + unlabelled} | {t.y for t in labelled + unlabelled}
+    actions = {t.action for t in labelled}
+    return Task(
+        tok=tok,
+        block_size=block_size,
+        state_ids=tok.allowed_ids(states),
+        action_ids=tok.allowed_ids(actions),
+        max_state_tokens=max(len(tok.encode(s)) for s in states) + 1,
+        max_action_tokens=max(len(tok.encode(a)) for a in actions) + 1,
+        shared=shared,
+        truncate=truncate,
+    )
+
+
+def device_of(model):
+    return next(model.parameters()).device
+
+
+def mean_logprob(model, prompts, targets, temperature=1.0, allowed_ids=None, batch=256):
+    """Length-normalised log-likelihood of each target given its prompt: mean_t log p(target_t | ...)."""
+    out = []
+    for i in range(0, len(prompts), batch):
+        ids, attn, span = collate(prompts[i : i + batch], targets[i : i + batch], pad_id=0, device=device_of(model))
+        with torch.no_grad():
+            lp = span_logprobs(model, ids, attn, span, temperature, allowed_ids)  # (B, T)
+        out.append(lp.sum(1) / span.sum(1).clamp(min=1))
+    return torch.cat(out)  # (N,)
+
+
+def write(model, task, prompts, max_new, allowed_ids, temperature=0.0, top_p=None, n=1, generator=None, batch=256):
+    """Generate n completions per prompt (temperature 0 = greedy). Returns a list of token lists
+    (each ending in <|end|> unless cut at max_new), n per prompt, prompt by prompt."""
+    out = []
+    per_call = max(1, batch // n)
+    for i in range(0, len(prompts), per_call):
+        ids, attn, _ = collate(prompts[i : i + per_call], pad_id=task.tok.pad_id, device=device_of(model))
+        ids, attn = ids.repeat_interleave(n, 0), attn.repeat_interleave(n, 0)
+        toks, mask = generate(model, ids, attn, max_new, task.tok.end_id, task.tok.pad_id, temperature,
+                              top_p=top_p, allowed_ids=allowed_ids, generator=generator)
+        out += [row[: int(m.sum())] for row, m in zip(toks.tolist(), mask)]
+    return out
+
+
+def infer_actions(idm, task, pairs):
+    """z = greedy IDM(x, y) for each pair, and the IDM's confidence: exp(mean token log-prob of z)."""
+    prompts = [task.idm_example(p.x, p.y, source=p.source)[0] for p in pairs]
+    z_toks = write(idm, task, prompts, task.max_action_tokens, task.action_ids)
+    conf = mean_logprob(idm, prompts, z_toks, allowed_ids=task.action_ids).exp()
+    return [task.tok.decode(z) for z in z_toks], conf
+
+
+def predict_states(fwm, task, xs, zs):
+    prompts = [task.fwm_example(x, z)[0] for x, z in zip(xs, zs)]
+    return [task.tok.decode(y) for y in write(fwm, task, prompts, task.max_state_tokens, task.state_ids)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# SFT warm start: minimise -log P(target | prompt), on the target's tokens only
+
+
+def sft_loss(model, examples):
+    ids, attn, span = collate([p for p, _ in examples], [t for _, t in examples], pad_id=0, device=device_of(model))
+    lp = span_logprobs(model, ids, attn, span)  # (B, T), zero off the target
+    return -lp.sum() / span.sum()  # mean over target tokens
+
+
+def sft(model, examples, val_examples, val_score, cfg, rng, steps=None, desc="sft"):
+    """Supervised fine-tuning on (prompt, target) token lists.
+
+    steps=None: train until val_score() (higher is better) has not improved for sft_patience checks,
+    then restore the best weights ("trained to convergence, early-stopped on held-out labels").
+    steps=N: exactly N steps, no selection (the SFT-continue control). Returns the steps taken."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
+    best, best_state, since_best = -math.inf, None, 0
+    n_steps = steps if steps is not None else cfg.sft_max_steps
+    bar = tqdm(range(1, n_steps + 1), desc=desc, leave=False, file=sys.stdout, disable=None)
+    for step in bar:
+        model.train()
+        loss = sft_loss(model, rng.sample(examples, min(cfg.sft_batch, len(examples))))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if steps is None and (step % cfg.sft_eval_every == 0 or step == n_steps):
+            model.eval()
+            score = val_score(model)
+            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{score:.3f}")
+            if score > best:
+                best, best_state, since_best = score, copy.deepcopy(model.state_dict()), 0
+            else:
+                since_best += 1
+                if since_best >= cfg.sft_patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return step
+
+
+# ----------------------------------------------------------------------------------------------------
+# The two phases of one SWIRL iteration
+
+
+def phase_fwm(fwm, idm, ref_fwm, task, pairs, cfg, rng, generator, desc="phase I (FWM)"):
+    """Phase I, Variational Information Maximisation, updates the FWM:
+
+        z        = argmax Q_phi(. | x, y)          (frozen IDM, greedy; confident pairs only)
+        y_hat_k  ~ P_theta(. | x, z),  k = 1..G
+        r_k      = log Q_phi(z | x, y_hat_k)       (length-normalised, clamped at reward_floor)
+        maximise E[r] - beta KL(P_theta || P_ref) with GRPO
+
+    a Barber-Agakov lower bound on I(Z; Y_hat | X): the FWM learns to write next states from which the
+    action can be read back. The real y is used only to infer z."""
+    reward_idm = frozen_copy(idm)
+    z, conf = infer_actions(reward_idm, task, pairs)
+    kept = [(p, zi) for p, zi, c in zip(pairs, z, conf.tolist()) if c >= cfg.confidence]
+    log = {"kept_frac": len(kept) / max(1, len(pairs))}
+    if not kept:
+        return log
+    opt = torch.optim.AdamW(fwm.parameters(), lr=cfg.lr, weight_decay=0.0)
+    G = cfg.group_size
+    stats = []
+    for _ in tqdm(range(cfg.steps_per_phase), desc=desc, leave=False, file=sys.stdout, disable=None):
+        batch = rng.sample(kept, min(cfg.prompts_per_step, len(kept)))
+        prompts = [task.fwm_example(p.x, zi, source=p.source)[0] for p, zi in batch]
+        y_hat = write(fwm, task, prompts, task.max_state_tokens, task.state_ids, cfg.temperature, cfg.top_p, G, generator)
+        # r_k = log Q_phi(z | x, y_hat_k), length-normalised, clamped at reward_floor
+        reward_prompts = [task.idm_example(p.x, task.tok.decode(y), source=p.source)[0]
+                          for (p, _), k in zip(batch, range(len(batch))) for y in y_hat[k * G : (k + 1) * G]]
+        reward_targets = [completion(task.tok, zi) for _, zi in batch for _ in range(G)]
+        rewards = mean_logprob(reward_idm, reward_prompts, reward_targets, allowed_ids=task.action_ids)
+        rewards = rewards.clamp(min=cfg.reward_floor)
+        stats.append(policy_update(fwm, ref_fwm, opt, [p for p in prompts for _ in range(G)], y_hat, rewards,
+                                   task.state_ids, cfg))
+    return {**log, **average(stats)}
+
+
+def phase_idm(idm, fwm, ref_idm, task, pairs, cfg, rng, generator, desc="phase II (IDM)"):
+    """Phase II, ELBO maximisation, updates the IDM:
+
+        z_k  ~ Q_phi(. | x, y),  k = 1..G
+        r_k  = log P_theta(y | x, z_k)             (frozen FWM; length-normalised, clamped)
+        maximise E[r] - beta KL(Q_phi || Q_ref) with GRPO
+
+    with beta = 1 and the reference as the prior this is the evidence lower bound on log P(y | x)."""
+    reward_fwm = frozen_copy(fwm)
+    opt = torch.optim.AdamW(idm.parameters(), lr=cfg.lr, weight_decay=0.0)
+    G = cfg.group_size
+    stats = []
+    for _ in tqdm(range(cfg.steps_per_phase), desc=desc, leave=False, file=sys.stdout, disable=None):
+        batch = rng.sample(pairs, min(cfg.prompts_per_step, len(pairs)))
+        prompts = [task.idm_example(p.x, p.y, source=p.source)[0] for p in batch]
+        z = write(idm, task, prompts, task.max_action_tokens, task.action_ids, cfg.temperature, cfg.top_p, G, generator)
+        # r_k = log P_theta(y | x, z_k), length-normalised, clamped at reward_floor
+        reward_prompts = [task.fwm_example(p.x, task.tok.decode(zk), source=p.source)[0]
+                          for k, p in enumerate(batch) for zk in z[k * G : (k + 1) * G]]
+        reward_targets = [completion(task.tok, p.y) for p in batch for _ in range(G)]
+        rewards = mean_logprob(reward_fwm, reward_prompts, reward_targets, allowed_ids=task.state_ids)
+        rewards = rewards.clamp(min=cfg.reward_floor)
+        stats.append(policy_update(idm, ref_idm, opt, [p for p in prompts for _ in range(G)], z, rewards,
+                                   task.action_ids, cfg))
+    return average(stats)
+
+
+def policy_update(policy, reference, opt, prompts, completions, rewards, allowed_ids, cfg):
+    """One GRPO step: log-probs of the sampled completions at the sampling temperature, same logit mask."""
+    ids, attn, span = collate(prompts, completions, pad_id=0, device=device_of(policy))
+
+    def logprobs(model):
+        return span_logprobs(model, ids, attn, span, cfg.temperature, allowed_ids)
+
+    return grpo_step(policy, reference, opt, logprobs, rewards.to(ids.device), span, cfg.group_size, grpo_config(cfg))
+
+
+def average(stats):
+    return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]} if stats else {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Evaluation on held-out transitions (true actions used here only)
+
+
+def verified_states(fwm, idm, task, xs, zs, n, cfg, generator):
+    """Test-time verification (best of n): sample n next states from the FWM and keep the one from which
+    the IDM reads the action back best, argmax_k log Q(z | x, y_hat_k)."""
+    prompts = [task.fwm_example(x, z)[0] for x, z in zip(xs, zs)]
+    samples = write(fwm, task, prompts, task.max_state_tokens, task.state_ids, cfg.temperature, cfg.top_p, n, generator)
+    texts = [task.tok.decode(y) for y in samples]
+    score_prompts = [task.idm_example(xs[i // n], texts[i])[0] for i in range(len(texts))]
+    score_targets = [completion(task.tok, zs[i // n]) for i in range(len(texts))]
+    scores = mean_logprob(idm, score_prompts, score_targets, allowed_ids=task.action_ids).view(-1, n)
+    return [texts[i * n + int(k)] for i, k in enumerate(scores.argmax(dim=1))]
+
+
+def evaluate(fwm, idm, task, test, idm_counted=None, extra_metrics=None, best_of=1, cfg=None, generator=None):
+    """Metrics on held-out transitions, as fractions in [0, 1]:
+      idm_action_acc      greedy IDM action == true action (on the transitions idm_counted marks:
+                          the toy counts only those that exactly one action explains);
+      fwm_exact           FWM's next state given the TRUE action == real next state;
+      fwm_exact_inferred  the same given the IDM's inferred action;
+      plus extra_metrics(predicted states, real states) (the toy's per-cell accuracy; BLEU, ROUGE-L).
+    best_of > 1 picks each FWM prediction from best_of samples with the IDM (verified_states)."""
+    xs, ys, zs = [t.x for t in test], [t.y for t in test], [t.action for t in test]
+    counted = idm_counted if idm_counted is not None else [True] * len(test)
+    z_hat, _ = infer_actions(idm, task, test)
+    hits = [a == b for a, b, c in zip(z_hat, zs, counted) if c]
+    if best_of > 1:
+        y_true_z = verified_states(fwm, idm, task, xs, zs, best_of, cfg, generator)
+        y_inf_z = verified_states(fwm, idm, task, xs, z_hat, best_of, cfg, generator)
+    else:
+        y_true_z, y_inf_z = predict_states(fwm, task, xs, zs), predict_states(fwm, task, xs, z_hat)
+    metrics = {
+        "idm_action_acc": sum(hits) / max(1, len(hits)),
+        "fwm_exact": sum(a == b for a, b in zip(y_true_z, ys)) / len(ys),
+        "fwm_exact_inferred": sum(a == b for a, b in zip(y_inf_z, ys)) / len(ys),
+    }
+    if extra_metrics is not None:
+        metrics.update(extra_metrics(y_true_z, ys))
+    return metrics
+
+
+def val_scorer(task, val, role):
+    """Early-stopping score on held-out labelled transitions: greedy exact match of the role's output."""
+
+    def fwm_score(model):
+        return sum(a == t.y for a, t in zip(predict_states(model, task, [t.x for t in val], [t.action for t in val]), val)) / len(val)
+
+    def idm_score(model):
+        return sum(a == t.action for a, t in zip(infer_actions(model, task, val)[0], val)) / len(val)
+
+    if role == "fwm":
+        return fwm_score
+    if role == "idm":
+        return idm_score
+    return lambda model: (fwm_score(model) + idm_score(model)) / 2  # shared weights: both roles
+
+
+# ----------------------------------------------------------------------------------------------------
+# Warm start and the SFT-based baselines
+
+
+def warm_start(fwm, idm, task, labelled, val, cfg, rng, steps=None, desc="sft"):
+    """SFT in both directions on labelled transitions: the FWM on y's tokens given (x, z), the IDM on z's
+    tokens given (x, y). With shared weights one model learns both. Returns the update steps taken."""
+    fwm_ex = [task.fwm_example(t.x, t.action, t.y, t.source) for t in labelled]
+    idm_ex = [task.idm_example(t.x, t.y, t.action, t.source) for t in labelled]
+    if fwm is idm:
+        return sft(fwm, fwm_ex + idm_ex, None, val_scorer(task, val, "both"), cfg, rng, steps, desc)
+    n = sft(fwm, fwm_ex, None, val_scorer(task, val, "fwm"), cfg, rng, steps, desc + " FWM")
+    return n + sft(idm, idm_ex, None, val_scorer(task, val, "idm"), cfg, rng, steps, desc + " IDM")
+
+
+def pseudo_label(idm, task, unlabelled, cfg):
+    """Bootstrap's data: the unlabelled pairs with the IDM's greedy action, confident ones only."""
+    z, conf = infer_actions(idm, task, unlabelled)
+    return [replace_action(t, zi) for t, zi, c in zip(unlabelled, z, conf.tolist()) if c >= cfg.confidence]
+
+
+def replace_action(t, action):
+    return type(t)(t.x, t.y, action, t.episode, t.source)
+
+
+def copies(fwm, idm):
+    f = copy.deepcopy(fwm)
+    return (f, f) if fwm is idm else (f, copy.deepcopy(idm))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The whole run
+
+
+def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm_counted=None,
+              extra_metrics=None, unlabelled_truth=None, checkpoint=None, log=print):
+    """SFT, SWIRL iterations and the baselines on one seed. Returns a list of {"stage": name, metrics}.
+
+    labelled / val / test: transitions with actions; unlabelled: without (SWIRL never sees their actions).
+    unlabelled_truth: the same unlabelled transitions with their true actions, for the oracle only.
+    new_model(): a freshly initialised GPT. checkpoint(name, fwm, idm): called after SFT and each phase."""
+    rng, gen = random.Random(seed), torch.Generator(device=task.state_ids.device).manual_seed(seed)
+    torch.manual_seed(seed)
+    fwm = new_model()
+    idm = fwm if cfg.shared else new_model()
+    init = copies(fwm, idm)  # the oracle starts from the same initial weights
+    stages = []
+
+    def record(name, f, i, **kw):
+        stages.append({"stage": name, **evaluate(f, i, task, test, idm_counted, extra_metrics, cfg=cfg, generator=gen, **kw)})
+        log(format_row(stages[-1]))
+
+    log(f"SFT warm start on {len(labelled)} labelled transitions (early-stopped on {len(val)} held-out ones)")
+    warm_start(fwm, idm, task, labelled, val, cfg, rng)
+    record("sft", fwm, idm)
+    sft_models = copies(fwm, idm)
+    if checkpoint:
+        checkpoint("sft", fwm, idm)
+
+    swirl_steps = 0
+    for it in range(1, cfg.iterations + 1):
+        ref_fwm = frozen_copy(fwm)  # references: the models as they were at the start of this iteration
+        ref_idm = ref_fwm if cfg.shared else frozen_copy(idm)
+        if cfg.phases in ("both", "fwm"):
+            stats = phase_fwm(fwm, idm, ref_fwm, task, unlabelled, cfg, rng, gen, desc=f"it{it} phase I (FWM)")
+            log(f"  it{it} phase I  stats: " + format_stats(stats))
+            swirl_steps += cfg.steps_per_phase if "reward" in stats else 0
+            record(f"swirl_it{it}_fwm", fwm, idm)
+            if checkpoint:
+                checkpoint(f"swirl_it{it}_fwm", fwm, idm)
+        if cfg.phases in ("both", "idm"):
+            stats = phase_idm(idm, fwm, ref_idm, task, unlabelled, cfg, rng, gen, desc=f"it{it} phase II (IDM)")
+            log(f"  it{it} phase II stats: " + format_stats(stats))
+            swirl_steps += cfg.steps_per_phase
+            record(f"swirl_it{it}_idm", fwm, idm)
+            if checkpoint:
+                checkpoint(f"swirl_it{it}_idm", fwm, idm)
+
+    log("baselines")
+    f, i = copies(*sft_models)
+    pseudo = pseudo_label(i, task, unlabelled, cfg)
+    warm_start(f, i, task, labelled + pseudo, val, cfg, rng, desc="bootstrap")
+    record("bootstrap", f, i)
+    f, i = copies(*sft_models)
+    # SFT-continue: as many extra update steps on the labelled data as SWIRL took, split like SWIRL's
+    per_model = swirl_steps if cfg.shared else max(1, swirl_steps // 2)
+    warm_start(f, i, task, labelled, val, cfg, rng, steps=per_model, desc="sft_continue")
+    record("sft_continue", f, i)
+    for n in parse_best_of(cfg.best_of):
+        record(f"best_of_{n}", *sft_models, best_of=n)
+    if unlabelled_truth is not None:
+        f, i = init
+        warm_start(f, i, task, labelled + unlabelled_truth, val, cfg, rng, desc="oracle")
+        record("oracle", f, i)
+    return stages, (fwm, idm)
+
+
+def parse_best_of(text):
+    return [int(n) for n in str(text).split(",") if n.strip()]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Printing
+
+
+def format_stats(stats):
+    return " ".join(f"{k}={v:.3g}" for k, v in stats.items())
+
+
+def format_row(stage):
+    cells = " ".join(f"{k}={v:.3f}" for k, v in stage.items() if k != "stage")
+    return f"  {stage['stage']:16s} {cells}"
+
+
+def format_table(stages, metrics):
+    """Markdown table, one row per stage; `<metric>_std` beside a metric prints as mean +/- std."""
+    head = "| stage | " + " | ".join(metrics) + " |"
+    rows = [head, "|" + "---|" * (len(metrics) + 1)]
+    for s in stages:
+        cells = []
+        for m in metrics:
+            v = s.get(m)
+            std = s.get(m + "_std")
+            cells.append("" if v is None else f"{v:.3f}" + (f" ± {std:.3f}" if std is not None else ""))
+        rows.append(f"| {s['stage']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def mean_over_seeds(runs):
+    """runs: one list of stages per seed (same stage order) -> one list with means and <metric>_std."""
+    out = []
+    for rows in zip(*runs):
+        row = {"stage": rows[0]["stage"]}
+        for k in rows[0]:
+            if k == "stage":
+                continue
+            vals = torch.tensor([r[k] for r in rows], dtype=torch.float64)
+            row[k] = float(vals.mean())
+            if len(rows) > 1:
+                row[k + "_std"] = float(vals.std(unbiased=True))
+        out.append(row)
+    return out
+
+
+def show_samples(fwm, idm, task, test, n=3):
+    """A few held-out transitions as a student wants to see them: x, inferred z, predicted y, real y."""
+    sample = test[:n]
+    z_hat, _ = infer_actions(idm, task, sample)
+    y_hat = predict_states(fwm, task, [t.x for t in sample], z_hat)
+    blocks = []
+    for t, z, y in zip(sample, z_hat, y_hat):
+        blocks.append(
+            f"x:\n{t.x}\nIDM's action: {z!r}   (true: {t.action!r})\n"
+            f"FWM's next state given that action:\n{y}\nreal next state:\n{t.y}\n"
+            f"{'match' if y == t.y else 'MISMATCH'}"
+        )
+    return "\n\n".join(blocks)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command-line options: --key=value for any field of the given dataclasses; unknown keys are an error
+
+
+def parse_options(argv, *configs):
+    """Apply `--key=value` overrides to dataclass instances in place. Values are converted to the
+    field's type; an unknown key or a bad value exits with the list of known options."""
+    known = {f.name: (c, f) for c in configs for f in fields(c)}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            sys.exit(f"bad argument {arg!r}: options look like --key=value (e.g. --iterations=2)")
+        key, value = arg[2:].split("=", 1)
+        if key not in known:
+            sys.exit(f"unknown option --{key}. Known options:\n  " + "\n  ".join(f"--{k}" for k in sorted(known)))
+        obj, f = known[key]
+        setattr(obj, key, convert(value, type(getattr(obj, key)), key))
+    return configs
+
+
+def convert(value, typ, key):
+    try:
+        if typ is bool:
+            if value.lower() in ("1", "true", "yes"):
+                return True
+            if value.lower() in ("0", "false", "no"):
+                return False
+            raise ValueError
+        return typ(value)
+    except ValueError:
+        sys.exit(f"bad value for --{key}: {value!r} is not a {typ.__name__}")
+
+
+def config_dict(*configs):
+    return {k: v for c in configs for k, v in asdict(c).items()}

@@ -1,0 +1,109 @@
+"""
+gridworld.py: a tiny box-pushing world rendered as text, one character per cell.
+
+    #..o.      '#' wall     '.' floor
+    .A..#      'A' agent    'o' box
+    ..#..
+    .....
+    #...#
+
+Actions are the words "up", "down", "left", "right". The agent moves one cell; if a box is in the
+way, it is pushed one cell further when that cell is floor; the agent stays put when it would walk
+into a wall, off the grid, or push a box into something. Every episode draws a new layout (walls,
+agent, box), so a world model must learn the rules, not memorise a map.
+
+Why this world fits the paper's regime: reading the action back from (x, y) is easy (find where 'A'
+went), so a small labelled set trains a decent inverse model; writing the next grid is harder (copy
+25 cells, move the agent, push the box, respect the walls), so the forward model stays weak. That is
+the setting where the IDM can teach the FWM.
+
+Steps that change nothing (the agent blocked) make the action unidentifiable: several actions explain
+the same (x, y). They stay in the episodes, as they would in real logs. `consistent_actions(x, y)`
+lists the actions that explain a transition, and the evaluation scores the IDM on transitions that
+exactly one action explains (see swirl.evaluate).
+
+The true actions are returned beside the states and are used only for the labelled SFT split and for
+evaluation; SWIRL never sees them. Everything is seeded by numpy's Generator: same seed, same episodes.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ACTIONS = ("up", "down", "left", "right")
+MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
+WALL, FLOOR, AGENT, BOX = "#", ".", "A", "o"
+
+
+@dataclass
+class GridWorld:
+    size: int = 5  # the grid is size x size cells
+    n_walls: int = 5  # random walls per layout
+    n_boxes: int = 1
+    episode_len: int = 8  # actions per episode (so episode_len + 1 states)
+    p_move: float = 0.8  # chance that the policy picks among the actions that change the state
+
+
+def render(grid):
+    """Grid (a list of lists of characters) -> text, rows joined by newlines."""
+    return "\n".join("".join(row) for row in grid)
+
+
+def parse(text):
+    return [list(row) for row in text.split("\n")]
+
+
+def step(text, action):
+    """The world's true dynamics: next state's text after `action` in state `text`."""
+    grid = parse(text)
+    n_rows, n_cols = len(grid), len(grid[0])
+    (r, c), = [(i, j) for i, row in enumerate(grid) for j, ch in enumerate(row) if ch == AGENT]
+    dr, dc = MOVES[action]
+
+    def free(i, j):
+        return 0 <= i < n_rows and 0 <= j < n_cols and grid[i][j] == FLOOR
+
+    r1, c1 = r + dr, c + dc
+    if 0 <= r1 < n_rows and 0 <= c1 < n_cols and grid[r1][c1] == BOX and free(r1 + dr, c1 + dc):
+        grid[r1 + dr][c1 + dc] = BOX  # push the box ahead
+        grid[r1][c1] = FLOOR
+    if free(r1, c1):
+        grid[r][c], grid[r1][c1] = FLOOR, AGENT
+    return render(grid)
+
+
+def consistent_actions(x, y):
+    """All actions that turn state x into state y under the true dynamics."""
+    return [a for a in ACTIONS if step(x, a) == y]
+
+
+def random_layout(world, rng):
+    cells = rng.permutation(world.size * world.size)
+    grid = [[FLOOR] * world.size for _ in range(world.size)]
+    things = [AGENT] + [BOX] * world.n_boxes + [WALL] * world.n_walls
+    for ch, cell in zip(things, cells):
+        grid[cell // world.size][cell % world.size] = ch
+    return render(grid)
+
+
+def random_action(state, world, rng):
+    """The logging policy: usually a move that does something (as in real logs), sometimes any move."""
+    moving = [a for a in ACTIONS if step(state, a) != state]
+    pool = moving if moving and rng.random() < world.p_move else ACTIONS
+    return pool[rng.integers(len(pool))]
+
+
+def make_episodes(world, n_episodes, seed):
+    """n_episodes episodes of the logging policy. Returns (states, actions): a list of state
+    lists and, separately, the list of true action lists (for SFT labels and evaluation only)."""
+    rng = np.random.default_rng(seed)
+    all_states, all_actions = [], []
+    for _ in range(n_episodes):
+        states, actions = [random_layout(world, rng)], []
+        for _ in range(world.episode_len):
+            a = random_action(states[-1], world, rng)
+            actions.append(a)
+            states.append(step(states[-1], a))
+        all_states.append(states)
+        all_actions.append(actions)
+    return all_states, all_actions

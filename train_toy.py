@@ -1,0 +1,151 @@
+"""
+train_toy.py: SWIRL end to end on the toy gridworld, on a laptop CPU.
+
+    python train_toy.py                      # one seed, the default settings below
+    python train_toy.py --seeds=3            # mean +/- std over 3 seeds
+    python train_toy.py --phases=fwm --beta=0.05 --out_dir=out-beta   # any setting, --key=value
+
+It builds the world, draws labelled, validation, unlabelled and held-out test episodes, then runs
+swirl.run_swirl (SFT, SWIRL iterations, baselines) and prints a table like the paper's Table 9.
+Writes out_dir/results.json, checkpoints (out_dir/seed<k>/*.pt) and, with matplotlib, out_dir/metrics.png.
+
+Read this file after swirl.py; it is only glue.
+"""
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+import swirl
+from data import Episode, byte_tokenizer, transitions
+from model import GPT, GPTConfig, model_state, save_checkpoint
+from toy_envs import GridWorld, consistent_actions, make_episodes
+
+
+@dataclass
+class ToyConfig:
+    # the world and how much of it we see
+    size: int = 5
+    n_walls: int = 5
+    n_boxes: int = 1
+    episode_len: int = 8
+    labelled_episodes: int = 50  # with actions: SFT (50 x 8 = 400 transitions)
+    val_episodes: int = 25  # with actions: early stopping of every SFT
+    unlabelled_episodes: int = 200  # actions hidden: SWIRL's data
+    test_episodes: int = 100  # held out: metrics only
+    # the two models (each a small GPT over bytes)
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    # the run
+    seeds: int = 1  # repeat over seeds 0..seeds-1 and report mean +/- std
+    device: str = "cpu"
+    out_dir: str = "out-toy"
+    samples: int = 2  # held-out transitions printed at the end
+
+
+METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_cell_acc"]
+
+
+def cell_accuracy(predicted, real):
+    """Fraction of grid cells (characters) the FWM got right; a missing or extra character is wrong."""
+    hits = total = 0
+    for p, r in zip(predicted, real):
+        hits += sum(a == b for a, b in zip(p, r))
+        total += max(len(p), len(r))
+    return {"fwm_cell_acc": hits / max(1, total)}
+
+
+def make_data(cfg, seed):
+    """Episodes -> labelled / val / unlabelled / test transitions. Episodes are split, never steps."""
+    world = GridWorld(cfg.size, cfg.n_walls, cfg.n_boxes, cfg.episode_len)
+    counts = [cfg.labelled_episodes, cfg.val_episodes, cfg.unlabelled_episodes, cfg.test_episodes]
+    states, actions = make_episodes(world, sum(counts), seed)
+    episodes = [Episode(s, a, f"toy episode {i}") for i, (s, a) in enumerate(zip(states, actions))]
+    parts, start = [], 0
+    for n in counts:
+        parts.append(transitions(episodes[start : start + n]))
+        start += n
+    labelled, val, unlabelled_truth, test = parts
+    unlabelled = [swirl.replace_action(t, None) for t in unlabelled_truth]  # SWIRL never sees these actions
+    return labelled, val, unlabelled, unlabelled_truth, test
+
+
+def run_seed(cfg, scfg, seed):
+    labelled, val, unlabelled, unlabelled_truth, test = make_data(cfg, seed)
+    tok = byte_tokenizer()
+    block = 2 * (cfg.size * (cfg.size + 1)) + 16  # two grids + the longest action + markers
+    task = swirl.make_task(tok, block, labelled, unlabelled, scfg.shared)
+    task.state_ids, task.action_ids = task.state_ids.to(cfg.device), task.action_ids.to(cfg.device)
+    mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                     n_embd=cfg.n_embd)
+    # the IDM is scored only where one action explains the change (see toy_envs/gridworld.py)
+    identifiable = [len(consistent_actions(t.x, t.y)) == 1 for t in test]
+    seed_dir = os.path.join(cfg.out_dir, f"seed{seed}")
+
+    def checkpoint(name, fwm, idm):
+        save_checkpoint(os.path.join(seed_dir, f"{name}.pt"), fwm=model_state(fwm), idm=model_state(idm),
+                        config=swirl.config_dict(cfg, scfg), stage=name)
+
+    print(f"seed {seed}: {len(labelled)} labelled, {len(val)} val, {len(unlabelled)} unlabelled, "
+          f"{len(test)} test transitions; models of {GPT(mcfg).num_params():,} parameters")
+    stages, (fwm, idm) = swirl.run_swirl(
+        scfg, task, lambda: GPT(mcfg).to(cfg.device), labelled, val, unlabelled, test, seed=seed,
+        idm_counted=identifiable, extra_metrics=cell_accuracy, unlabelled_truth=unlabelled_truth,
+        checkpoint=checkpoint,
+    )
+    return stages, (fwm, idm, task, test)
+
+
+def plot(stages, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(10, 4))
+    names = [s["stage"] for s in stages]
+    for m in METRICS:
+        ax.errorbar(range(len(names)), [s[m] for s in stages], yerr=[s.get(m + "_std", 0) for s in stages],
+                    marker="o", capsize=3, label=m)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("fraction (held-out)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def main(argv):
+    cfg, scfg = swirl.parse_options(argv, ToyConfig(), swirl.SwirlConfig())
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.time()
+    runs = []
+    for seed in range(cfg.seeds):
+        stages, last = run_seed(cfg, scfg, seed)
+        runs.append(stages)
+    stages = swirl.mean_over_seeds(runs)
+    wall = time.time() - t0
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    results = {"config": swirl.config_dict(cfg, scfg), "wall_seconds": wall, "stages": stages}
+    with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    fwm, idm, task, test = last
+    if cfg.samples:
+        print("\nheld-out samples (last seed, final SWIRL models):\n")
+        print(swirl.show_samples(fwm, idm, task, test, cfg.samples))
+    over = f"mean ± std over {cfg.seeds} seeds" if cfg.seeds > 1 else "seed 0"
+    print(f"\nheld-out results ({over}), {wall:.0f} s:\n")
+    print(swirl.format_table(stages, METRICS))
+    drew = plot(stages, os.path.join(cfg.out_dir, "metrics.png"))
+    print(f"\nwrote {cfg.out_dir}/results.json" + (f" and {cfg.out_dir}/metrics.png" if drew else ""))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
