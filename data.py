@@ -28,6 +28,7 @@ import base64
 import gzip
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -374,3 +375,52 @@ def strip_actions(episodes):
 def labelled_and_unlabelled(trans):
     """Split transitions into those with an action (feed SFT) and those without (feed SWIRL)."""
     return [t for t in trans if t.action is not None], [t for t in trans if t.action is None]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Text metrics for predicted next states (whitespace tokens; the paper reports BLEU and ROUGE-L)
+
+
+def _ngrams(words, n):
+    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def bleu(predictions, references, max_n=4):
+    """Corpus BLEU-4 (Papineni et al. 2002): clipped n-gram precisions summed over the whole corpus,
+    their geometric mean, times the brevity penalty exp(1 - ref_len / pred_len) when predictions are
+    shorter. A corpus with no matching n-gram of some order scores 0. Returns a fraction in [0, 1]."""
+    matches, totals = [0] * max_n, [0] * max_n
+    pred_len = ref_len = 0
+    for p, r in zip(predictions, references):
+        pw, rw = p.split(), r.split()
+        pred_len, ref_len = pred_len + len(pw), ref_len + len(rw)
+        for n in range(1, max_n + 1):
+            pc, rc = _ngrams(pw, n), _ngrams(rw, n)
+            matches[n - 1] += sum(min(c, rc[g]) for g, c in pc.items())
+            totals[n - 1] += max(0, len(pw) - n + 1)
+    if pred_len == 0 or min(matches) == 0:
+        return 0.0
+    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
+    brevity = 1.0 if pred_len > ref_len else math.exp(1 - ref_len / pred_len)
+    return brevity * math.exp(log_precision)
+
+
+def lcs_length(a, b):
+    """Length of the longest common subsequence of two lists (dynamic programming, one row at a time)."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(predictions, references):
+    """Mean ROUGE-L F1 over pairs: LCS of the word sequences, P = lcs / |pred|, R = lcs / |ref|."""
+    scores = []
+    for p, r in zip(predictions, references):
+        pw, rw = p.split(), r.split()
+        lcs = lcs_length(pw, rw)
+        scores.append(0.0 if lcs == 0 else 2 * lcs / (len(pw) + len(rw)))  # = 2PR / (P + R)
+    return sum(scores) / max(1, len(scores))

@@ -3,7 +3,6 @@ test_swirl.py: tests that compare against an oracle (a slow loop, an uncached pa
 value). Run with `python -m pytest -q test_swirl.py`. Every test uses tiny sizes and runs in seconds.
 """
 
-import gzip
 import json
 import math
 
@@ -184,7 +183,6 @@ def bandit_logprobs(prompt, tokens):
 
 def test_first_inner_step_ratio_one_loss_zero_grad_nonzero():
     model, prompt = bandit_setup()
-    ref = tiny_model()
     tokens = torch.tensor([5, 7, 9, 7])
     fn, span = bandit_logprobs(prompt, tokens)
     rewards = (tokens == 7).float()
@@ -534,3 +532,22 @@ def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
             assert 0 <= s[m] <= 1 and s[m + "_std"] >= 0
     assert (out / "seed0" / "sft.pt").exists() and (out / "seed1" / "swirl_it2_idm.pt").exists()
     assert "| stage |" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------
+# text metrics (data.py), against values computed by hand
+
+
+def test_bleu_by_hand():
+    # clipped precisions 5/6, 3/5, 2/4, 1/3; equal lengths so no brevity penalty
+    want = (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
+    assert data.bleu(["the cat sat on the mat"], ["the cat sat on a mat"]) == pytest.approx(want)
+    assert data.bleu(["a b c d"], ["a b c d"]) == pytest.approx(1.0)
+    assert data.bleu(["the cat"], ["the cat sat on"], max_n=2) == pytest.approx(math.exp(1 - 4 / 2))  # brevity
+    assert data.bleu(["x y z w"], ["a b c d"]) == 0.0 and data.bleu([""], ["a"]) == 0.0
+
+
+def test_rouge_l_by_hand():
+    assert data.lcs_length("abcd", "acde") == 3
+    assert data.rouge_l(["a b c d"], ["a c d e"]) == pytest.approx(0.75)  # LCS 3: P = R = 3/4
+    assert data.rouge_l(["a b", "x"], ["a b", "y"]) == pytest.approx(0.5)  # mean of 1 and 0

@@ -29,8 +29,8 @@ from toy_envs import GridWorld, consistent_actions, make_episodes
 @dataclass
 class ToyConfig:
     # the world and how much of it we see
-    size: int = 5
-    n_walls: int = 5
+    size: int = 4  # a 5x5 grid needs far more SFT steps before the FWM copies it at all
+    n_walls: int = 3
     n_boxes: int = 1
     episode_len: int = 8
     labelled_episodes: int = 50  # with actions: SFT (50 x 8 = 400 transitions)
@@ -40,7 +40,7 @@ class ToyConfig:
     # the two models (each a small GPT over bytes)
     n_layer: int = 2
     n_head: int = 4
-    n_embd: int = 128
+    n_embd: int = 64
     # the run
     seeds: int = 1  # repeat over seeds 0..seeds-1 and report mean +/- std
     device: str = "cpu"
