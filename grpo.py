@@ -99,12 +99,15 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig):
     return loss, stats
 
 
-def grpo_step(policy, reference, optimizer, logprobs_fn, rewards, mask, group_size, cfg: GRPOConfig):
+def grpo_step(policy, reference, optimizer, logprobs_fn, rewards, mask, group_size, cfg: GRPOConfig,
+              sync_grads=None):
     """One GRPO update on a batch of sampled completions.
 
     logprobs_fn(model) -> (B, T) per-token log-probs of the sampled completions under `model`, zero
     outside `mask`, at the sampling temperature (the caller knows the prompt layout; we do not).
-    rewards: (B,) with B = num_prompts * group_size, grouped prompt by prompt. Returns a dict of stats."""
+    rewards: (B,) with B = num_prompts * group_size, grouped prompt by prompt. Returns a dict of stats.
+    sync_grads(policy), when given, runs between backward and clipping (multi-GPU: average the
+    gradients over ranks, each of which sampled its own groups)."""
     if cfg.loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {cfg.loss_type!r}; choose one of {LOSS_TYPES}")
     advantages = group_advantages(rewards, group_size, cfg.scale_rewards)  # (B,)
@@ -123,6 +126,8 @@ def grpo_step(policy, reference, optimizer, logprobs_fn, rewards, mask, group_si
         loss, step_stats = grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if sync_grads is not None:
+            sync_grads(policy)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         optimizer.step()
     stats.update(step_stats, loss=loss.item(), grad_norm=float(grad_norm))

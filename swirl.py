@@ -49,6 +49,7 @@ class SwirlConfig:
     sft_lr: float = 3e-3  # peak; warmup then cosine decay to sft_lr / 10 over the run's steps
     sft_warmup: int = 100
     sft_batch: int = 32
+    grad_accum: int = 1  # SFT: split each batch into this many micro-batches (same gradient, less memory)
     sft_max_steps: int = 3000
     sft_eval_every: int = 250  # steps between checks on the held-out labelled split
     sft_patience: int = 4  # checks without improvement before early stopping
@@ -59,12 +60,13 @@ class SwirlConfig:
     steps_per_phase: int = 100  # GRPO steps in each phase
     prompts_per_step: int = 16  # real pairs (x, y) per GRPO step
     group_size: int = 8  # G: samples per prompt
-    lr: float = 3e-4  # GRPO learning rate
+    lr: float = 1e-4  # GRPO learning rate (3e-4 lowered the toy FWM's exact match by 4 points; see README)
     beta: float = 1.0  # KL weight to the reference (1 is what the ELBO asks for)
     loss_type: str = "grpo"
     scale_rewards: bool = True  # False: Dr. GRPO advantages r - mean(r), no division by the group's std
     mu: int = 1
-    temperature: float = 0.7  # sampling temperature (log-probs are taken at the same temperature)
+    temperature: float = 1.0  # sampling temperature (log-probs are taken at the same temperature); at 0.7
+    # three in four of the toy FWM's groups were G identical samples, which carry no learning signal
     top_p: float = 0.96
     confidence: float = 0.9  # Phase I keeps pairs whose IDM action has mean token prob >= this
     reward_floor: float = -10.0  # rewards are clamped below at this value
@@ -76,6 +78,27 @@ class SwirlConfig:
 
 def grpo_config(cfg):
     return GRPOConfig(beta=cfg.beta, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards, mu=cfg.mu)
+
+
+def world():
+    """(rank, number of processes): (0, 1) unless running under torchrun with a process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def all_reduce_grads(model):
+    """Average gradients over processes: what DistributedDataParallel does in backward. We call it by
+    hand after backward because the same module also samples with a KV cache and is deep-copied into
+    references and reward models, which a DDP wrapper would get in the way of."""
+    rank, n = world()
+    if n == 1:
+        return
+    for p in model.parameters():
+        if p.grad is None:  # every rank must join every all_reduce, used or not
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+        p.grad /= n
 
 
 def frozen_copy(model):
@@ -185,13 +208,15 @@ def sft_loss(model, examples):
     return -lp.sum() / span.sum()  # mean over target tokens
 
 
-def sft(model, examples, val_examples, val_score, cfg, rng, steps=None, desc="sft"):
+def sft(model, examples, val_score, cfg, rng, steps=None, desc="sft"):
     """Supervised fine-tuning on (prompt, target) token lists.
 
     steps=None: train until val_score() (a tuple, higher is better) has not improved for sft_patience checks,
     then restore the best weights ("trained to convergence, early-stopped on held-out labels").
-    steps=N: exactly N steps, no selection (the SFT-continue control). Returns the steps taken."""
+    steps=N: exactly N steps, no selection (the SFT-continue control). Returns (steps taken, optimiser).
+    Under torchrun every rank draws its own batch (rng differs per rank) and gradients are averaged."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
+    micro = max(1, cfg.sft_batch // cfg.grad_accum)
     best, best_state, since_best = None, None, 0
     n_steps = steps if steps is not None else cfg.sft_max_steps
     bar = tqdm(range(1, n_steps + 1), desc=desc, leave=False, file=sys.stdout, disable=None)
@@ -199,9 +224,12 @@ def sft(model, examples, val_examples, val_score, cfg, rng, steps=None, desc="sf
         for group in opt.param_groups:
             group["lr"] = sft_lr_at(step, n_steps, cfg)
         model.train()
-        loss = sft_loss(model, rng.sample(examples, min(cfg.sft_batch, len(examples))))
+        batch = rng.sample(examples, min(cfg.sft_batch, len(examples)))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        for i in range(0, len(batch), micro):  # gradient accumulation: the mean over the whole batch
+            loss = sft_loss(model, batch[i : i + micro])
+            (loss * len(batch[i : i + micro]) / len(batch)).backward()
+        all_reduce_grads(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if steps is None and (step % cfg.sft_eval_every == 0 or step == n_steps):
@@ -217,7 +245,7 @@ def sft(model, examples, val_examples, val_score, cfg, rng, steps=None, desc="sf
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return step
+    return step, opt
 
 
 def sft_lr_at(step, n_steps, cfg):
@@ -233,7 +261,7 @@ def sft_lr_at(step, n_steps, cfg):
 # The two phases of one SWIRL iteration
 
 
-def phase_fwm(fwm, idm, ref_fwm, task, pairs, cfg, rng, generator, desc="phase I (FWM)"):
+def phase_fwm(fwm, idm, ref_fwm, task, pairs, cfg, rng, generator, desc="phase I (FWM)", opt=None):
     """Phase I, Variational Information Maximisation, updates the FWM:
 
         z        = argmax Q_phi(. | x, y)          (frozen IDM, greedy; confident pairs only)
@@ -249,11 +277,11 @@ def phase_fwm(fwm, idm, ref_fwm, task, pairs, cfg, rng, generator, desc="phase I
     log = {"kept_frac": len(kept) / max(1, len(pairs))}
     if not kept:
         return log
-    opt = torch.optim.AdamW(fwm.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = opt or new_optimizer(fwm, cfg)
     G = cfg.group_size
     stats = []
     for _ in tqdm(range(cfg.steps_per_phase), desc=desc, leave=False, file=sys.stdout, disable=None):
-        batch = rng.sample(kept, min(cfg.prompts_per_step, len(kept)))
+        batch = rng.sample(kept, min(prompts_per_rank(cfg), len(kept)))
         prompts = [task.fwm_example(p.x, zi, source=p.source)[0] for p, zi in batch]
         y_hat = write(fwm, task, prompts, task.max_state_tokens, task.state_ids, cfg.temperature, cfg.top_p, G, generator)
         # r_k = log Q_phi(z | x, y_hat_k), length-normalised, clamped at reward_floor
@@ -267,7 +295,7 @@ def phase_fwm(fwm, idm, ref_fwm, task, pairs, cfg, rng, generator, desc="phase I
     return {**log, **average(stats)}
 
 
-def phase_idm(idm, fwm, ref_idm, task, pairs, cfg, rng, generator, desc="phase II (IDM)"):
+def phase_idm(idm, fwm, ref_idm, task, pairs, cfg, rng, generator, desc="phase II (IDM)", opt=None):
     """Phase II, ELBO maximisation, updates the IDM:
 
         z_k  ~ Q_phi(. | x, y),  k = 1..G
@@ -276,11 +304,11 @@ def phase_idm(idm, fwm, ref_idm, task, pairs, cfg, rng, generator, desc="phase I
 
     with beta = 1 and the reference as the prior this is the evidence lower bound on log P(y | x)."""
     reward_fwm = frozen_copy(fwm)
-    opt = torch.optim.AdamW(idm.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = opt or new_optimizer(idm, cfg)
     G = cfg.group_size
     stats = []
     for _ in tqdm(range(cfg.steps_per_phase), desc=desc, leave=False, file=sys.stdout, disable=None):
-        batch = rng.sample(pairs, min(cfg.prompts_per_step, len(pairs)))
+        batch = rng.sample(pairs, min(prompts_per_rank(cfg), len(pairs)))
         prompts = [task.idm_example(p.x, p.y, source=p.source)[0] for p in batch]
         z = write(idm, task, prompts, task.max_action_tokens, task.action_ids, cfg.temperature, cfg.top_p, G, generator)
         # r_k = log P_theta(y | x, z_k), length-normalised, clamped at reward_floor
@@ -294,6 +322,16 @@ def phase_idm(idm, fwm, ref_idm, task, pairs, cfg, rng, generator, desc="phase I
     return average(stats)
 
 
+def new_optimizer(model, cfg):
+    """One fresh AdamW per phase (its moments belong to the previous phase's objective)."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+
+
+def prompts_per_rank(cfg):
+    """Under torchrun the prompts of a step are split across ranks; each samples its own groups."""
+    return max(1, cfg.prompts_per_step // world()[1])
+
+
 def policy_update(policy, reference, opt, prompts, completions, rewards, allowed_ids, cfg):
     """One GRPO step: log-probs of the sampled completions at the sampling temperature, same logit mask."""
     ids, attn, span = collate(prompts, completions, pad_id=0, device=device_of(policy))
@@ -301,7 +339,8 @@ def policy_update(policy, reference, opt, prompts, completions, rewards, allowed
     def logprobs(model):
         return span_logprobs(model, ids, attn, span, cfg.temperature, allowed_ids)
 
-    return grpo_step(policy, reference, opt, logprobs, rewards.to(ids.device), span, cfg.group_size, grpo_config(cfg))
+    return grpo_step(policy, reference, opt, logprobs, rewards.to(ids.device), span, cfg.group_size, grpo_config(cfg),
+                     sync_grads=all_reduce_grads)
 
 
 def average(stats):
@@ -385,13 +424,16 @@ def heldout_loss(model, examples, batch=256):
 
 def warm_start(fwm, idm, task, labelled, val, cfg, rng, steps=None, desc="sft"):
     """SFT in both directions on labelled transitions: the FWM on y's tokens given (x, z), the IDM on z's
-    tokens given (x, y). With shared weights one model learns both. Returns the update steps taken."""
+    tokens given (x, y). With shared weights one model learns both.
+    Returns (update steps taken, {role: optimiser}) (the optimisers go into checkpoints)."""
     fwm_ex = [task.fwm_example(t.x, t.action, t.y, t.source) for t in labelled]
     idm_ex = [task.idm_example(t.x, t.y, t.action, t.source) for t in labelled]
     if fwm is idm:
-        return sft(fwm, fwm_ex + idm_ex, None, val_scorer(task, val, "both"), cfg, rng, steps, desc)
-    n = sft(fwm, fwm_ex, None, val_scorer(task, val, "fwm"), cfg, rng, steps, desc + " FWM")
-    return n + sft(idm, idm_ex, None, val_scorer(task, val, "idm"), cfg, rng, steps, desc + " IDM")
+        n, opt = sft(fwm, fwm_ex + idm_ex, val_scorer(task, val, "both"), cfg, rng, steps, desc)
+        return n, {"shared": opt}
+    n_fwm, opt_fwm = sft(fwm, fwm_ex, val_scorer(task, val, "fwm"), cfg, rng, steps, desc + " FWM")
+    n_idm, opt_idm = sft(idm, idm_ex, val_scorer(task, val, "idm"), cfg, rng, steps, desc + " IDM")
+    return n_fwm + n_idm, {"fwm": opt_fwm, "idm": opt_idm}
 
 
 def pseudo_label(idm, task, unlabelled, cfg):
@@ -414,48 +456,75 @@ def copies(fwm, idm):
 
 
 def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm_counted=None,
-              extra_metrics=None, unlabelled_truth=None, checkpoint=None, log=print):
-    """SFT, SWIRL iterations and the baselines on one seed. Returns a list of {"stage": name, metrics}.
+              extra_metrics=None, unlabelled_truth=None, checkpoint=None, resume=None, stop_after=None, log=print):
+    """SFT, SWIRL iterations and the baselines on one seed. Returns (stages, (fwm, idm)) with stages a
+    list of {"stage": name, metrics}.
 
     labelled / val / test: transitions with actions; unlabelled: without (SWIRL never sees their actions).
     unlabelled_truth: the same unlabelled transitions with their true actions, for the oracle only.
-    new_model(): a freshly initialised GPT. checkpoint(name, fwm, idm): called after SFT and each phase."""
-    rng, gen = random.Random(seed), torch.Generator(device=task.state_ids.device).manual_seed(seed)
+    new_model(): a freshly initialised GPT.
+    checkpoint(name, fwm, idm, state): called after SFT and after each phase with the models and everything
+    needed to go on (see `run_state`); resume: such a state, to continue an interrupted run where it stopped, with the
+    same random streams, so that it ends with the numbers of a run that was never interrupted.
+    stop_after: a stage name; return right after that stage (and its checkpoint)."""
+    rank, _ = world()
+    # every rank starts from the same weights, but draws its own batches and samples
     torch.manual_seed(seed)
+    rng = random.Random(seed + 1000 * rank)
+    gen = torch.Generator(device=task.state_ids.device).manual_seed(seed + 1000 * rank)
     fwm = new_model()
     idm = fwm if cfg.shared else new_model()
     init = copies(fwm, idm)  # the oracle starts from the same initial weights
-    stages = []
+    refs = sft_models = None
+    stages, swirl_steps = [], 0
+    if resume is not None:
+        fwm, idm, init, sft_models, refs = (*restore(resume["models"], fwm, idm),
+                                            *(restore(resume[k], fwm, idm) for k in ("init", "sft", "refs")))
+        refs = refs and tuple(r and frozen_copy(r) for r in refs)
+        stages, swirl_steps = resume["stages"], resume["swirl_steps"]
+        rng.setstate(resume["rng"])
+        gen.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        log(f"resuming after stage {stages[-1]['stage']}")
+    done = {s["stage"] for s in stages}
 
     def record(name, f, i, **kw):
         stages.append({"stage": name, **evaluate(f, i, task, test, idm_counted, extra_metrics, cfg=cfg, generator=gen, **kw)})
         log(format_row(stages[-1]))
 
-    log(f"SFT warm start on {len(labelled)} labelled transitions (early-stopped on {len(val)} held-out ones)")
-    warm_start(fwm, idm, task, labelled, val, cfg, rng)
-    record("sft", fwm, idm)
-    sft_models = copies(fwm, idm)
-    if checkpoint:
-        checkpoint("sft", fwm, idm)
+    def save(name, optimizers):
+        if checkpoint:
+            checkpoint(name, fwm, idm, run_state(stages, swirl_steps, (fwm, idm), init, sft_models, refs, optimizers, rng, gen))
+        return name == stop_after
 
-    swirl_steps = 0
+    if "sft" not in done:
+        log(f"SFT warm start on {len(labelled)} labelled transitions (early-stopped on {len(val)} held-out ones)")
+        _, opts = warm_start(fwm, idm, task, labelled, val, cfg, rng)
+        record("sft", fwm, idm)
+        sft_models = copies(fwm, idm)
+        if save("sft", opts):
+            return stages, (fwm, idm)
+
     for it in range(1, cfg.iterations + 1):
-        ref_fwm = frozen_copy(fwm)  # references: the models as they were at the start of this iteration
-        ref_idm = ref_fwm if cfg.shared else frozen_copy(idm)
-        if cfg.phases in ("both", "fwm"):
-            stats = phase_fwm(fwm, idm, ref_fwm, task, unlabelled, cfg, rng, gen, desc=f"it{it} phase I (FWM)")
-            log(f"  it{it} phase I  stats: " + format_stats(stats))
-            swirl_steps += cfg.steps_per_phase if "reward" in stats else 0
-            record(f"swirl_it{it}_fwm", fwm, idm)
-            if checkpoint:
-                checkpoint(f"swirl_it{it}_fwm", fwm, idm)
-        if cfg.phases in ("both", "idm"):
-            stats = phase_idm(idm, fwm, ref_idm, task, unlabelled, cfg, rng, gen, desc=f"it{it} phase II (IDM)")
-            log(f"  it{it} phase II stats: " + format_stats(stats))
-            swirl_steps += cfg.steps_per_phase
-            record(f"swirl_it{it}_idm", fwm, idm)
-            if checkpoint:
-                checkpoint(f"swirl_it{it}_idm", fwm, idm)
+        for role in ("fwm", "idm"):
+            name = f"swirl_it{it}_{role}"
+            if cfg.phases not in ("both", role) or name in done:
+                continue
+            if role == "fwm" or cfg.phases == "idm":
+                # references: the models as they were at the start of this iteration
+                refs = (frozen_copy(fwm), None) if cfg.shared else (frozen_copy(fwm), frozen_copy(idm))
+            ref = refs[0] if cfg.shared or role == "fwm" else refs[1]
+            opt = new_optimizer(fwm if role == "fwm" else idm, cfg)
+            if role == "fwm":
+                stats = phase_fwm(fwm, idm, ref, task, unlabelled, cfg, rng, gen, f"it{it} phase I (FWM)", opt)
+                swirl_steps += cfg.steps_per_phase if "reward" in stats else 0
+            else:
+                stats = phase_idm(idm, fwm, ref, task, unlabelled, cfg, rng, gen, f"it{it} phase II (IDM)", opt)
+                swirl_steps += cfg.steps_per_phase
+            log(f"  it{it} phase {'I ' if role == 'fwm' else 'II'} stats: " + format_stats(stats))
+            record(name, fwm, idm)
+            if save(name, {role: opt}):
+                return stages, (fwm, idm)
 
     log("baselines")
     f, i = copies(*sft_models)
@@ -474,6 +543,48 @@ def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm
         warm_start(f, i, task, labelled + unlabelled_truth, val, cfg, rng, desc="oracle")
         record("oracle", f, i)
     return stages, (fwm, idm)
+
+
+def run_state(stages, swirl_steps, models, init, sft_models, refs, optimizers, rng, gen):
+    """Everything run_swirl needs to continue after a stage: the models (now, at init, after SFT, the
+    iteration's references), the stages so far, the update steps taken, every random stream, and the
+    optimiser of the phase that just ended (each phase starts a fresh one, so resuming does not need
+    it; it is kept for inspection and for anyone who wants to continue that phase)."""
+    return {
+        "stages": copy.deepcopy(stages),
+        "step": swirl_steps,
+        "swirl_steps": swirl_steps,
+        "models": pair_state(models),
+        "init": pair_state(init),
+        "sft": pair_state(sft_models),
+        "refs": pair_state(refs),
+        "optimizers": {role: o.state_dict() for role, o in optimizers.items()},
+        "rng": rng.getstate(),
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def pair_state(pair):
+    """(fwm, idm) -> their state dicts (one when the weights are shared; None stays None)."""
+    if pair is None:
+        return None
+    f, i = pair
+    return {"fwm": f.state_dict() if f is not None else None,
+            "idm": None if i is None or i is f else i.state_dict()}
+
+
+def restore(state, fwm_like, idm_like):
+    """The inverse of pair_state: fresh copies of the given models with the saved weights."""
+    if state is None:
+        return None
+    f = copy.deepcopy(fwm_like)
+    f.load_state_dict(state["fwm"])
+    if state["idm"] is None:
+        return (f, f) if fwm_like is idm_like else (f, None)
+    i = copy.deepcopy(idm_like)
+    i.load_state_dict(state["idm"])
+    return f, i
 
 
 def parse_best_of(text):

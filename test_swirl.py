@@ -551,3 +551,165 @@ def test_rouge_l_by_hand():
     assert data.lcs_length("abcd", "acde") == 3
     assert data.rouge_l(["a b c d"], ["a c d e"]) == pytest.approx(0.75)  # LCS 3: P = R = 3/4
     assert data.rouge_l(["a b", "x"], ["a b", "y"]) == pytest.approx(0.5)  # mean of 1 and 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# The text path: ScienceWorld preparation (with a fake environment: no Java), the snapshot, train_llm.py
+
+
+class FakeScienceWorld:
+    """Just the calls data.prepare_scienceworld makes, on a world of rooms where gold paths walk."""
+
+    def __init__(self, fail_after=None):
+        self.loads, self.fail_after = 0, fail_after
+
+    def get_task_names(self):
+        return ["boil", "melt"]
+
+    def get_variations_train(self):
+        return [0, 1, 2, 3, 4]
+
+    def get_variations_test(self):
+        return [7, 8]
+
+    def load(self, task, variation, simplifications, generateGoldPath=False):
+        if generateGoldPath:
+            self.loads += 1
+            if self.fail_after is not None and self.loads > self.fail_after:
+                raise KeyboardInterrupt  # an interrupted preparation
+        self.task, self.variation = task, variation
+
+    def _info(self):
+        return {"look": f"This room is room {self.room}. ({self.task} {self.variation}) \n", "inv": "In your inventory: a pen\n"}
+
+    def reset(self):
+        self.room = 0
+        return "obs", self._info()
+
+    def get_gold_action_sequence(self):
+        return ["go to room 1", "go to room 2", "go to room 3"]
+
+    def step(self, action):
+        self.room = int(action.split()[-1])
+        return "obs", 0, self.room == 3, self._info()
+
+
+def test_scienceworld_preparation_with_a_fake_env(tmp_path):
+    cfg = data.ScienceWorldPrep(out=str(tmp_path / "sw"), train_variations=4, test_variations=1, max_steps=2)
+    summary = data.prepare_scienceworld(cfg, FakeScienceWorld())
+    train = data.load_episodes(str(tmp_path / "sw" / "train.jsonl.gz"))
+    test = data.load_episodes(str(tmp_path / "sw" / "test.jsonl.gz"))
+    assert (len(train), len(test)) == (8, 2) and summary["labelled"] == 4
+    assert sum(all(a is None for a in e.actions) for e in train) == 4  # half the training variations stripped
+    assert all(e.actions == ["go to room 1", "go to room 2"] for e in test)  # max_steps cuts the gold path
+    assert train[0].states[1] == "This room is room 1. (boil 0)\nIn your inventory: a pen"  # look + "\n" + inventory
+    assert not (tmp_path / "sw" / "partial.jsonl").exists()
+
+
+def test_scienceworld_preparation_resumes(tmp_path):
+    cfg = data.ScienceWorldPrep(out=str(tmp_path / "sw"), train_variations=2, test_variations=1)
+    with pytest.raises(KeyboardInterrupt):
+        data.prepare_scienceworld(cfg, FakeScienceWorld(fail_after=3))
+    assert not (tmp_path / "sw" / "train.jsonl.gz").exists()  # nothing half-written
+    env = FakeScienceWorld()
+    data.prepare_scienceworld(cfg, env)
+    assert env.loads == 6 - 3  # the three finished episodes were not played again
+    assert len(data.load_episodes(str(tmp_path / "sw" / "train.jsonl.gz"))) == 4
+
+
+def test_scienceworld_unknown_task_is_a_clear_error(tmp_path):
+    cfg = data.ScienceWorldPrep(out=str(tmp_path / "sw"), tasks="boil,fly")
+    with pytest.raises(data.DataError, match=r"unknown ScienceWorld task\(s\) \['fly'\]"):
+        data.prepare_scienceworld(cfg, FakeScienceWorld())
+
+
+def test_shipped_snapshot_loads_and_validates():
+    train = data.load_episodes("data/scienceworld/train.jsonl.gz")
+    test = data.load_episodes("data/scienceworld/test.jsonl.gz")
+    steps = data.transitions(train)
+    labelled, unlabelled = data.labelled_and_unlabelled(steps)
+    assert len(labelled) > 100 and len(unlabelled) > 100
+    assert all(a is not None for e in test for a in e.actions)
+    assert all("In your inventory" in s for e in train[:5] for s in e.states)
+
+
+import train_llm  # noqa: E402
+
+
+def tiny_text_data(tmp_path):
+    """Gridworld episodes as text JSONL: half with actions, half without, and a test file."""
+    states, actions = make_episodes(GridWorld(3, 1, 1, 3), 16, seed=0)
+    eps = [data.Episode(s, a if i % 2 == 0 else [None] * len(a)) for i, (s, a) in enumerate(zip(states[:12], actions[:12]))]
+    data.write_episodes(str(tmp_path / "train.jsonl"), eps)
+    data.write_episodes(str(tmp_path / "test.jsonl.gz"), [data.Episode(s, a) for s, a in zip(states[12:], actions[12:])])
+    return [f"--data={tmp_path / 'train.jsonl'}", f"--eval_data={tmp_path / 'test.jsonl.gz'}", "--preset=cpu",
+            "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=48", "--vocab_size=270", "--sft_max_steps=4",
+            "--sft_eval_every=2", "--iterations=2", "--steps_per_phase=2", "--prompts_per_step=2", "--group_size=2",
+            "--confidence=0.0", "--samples=1"]
+
+
+def test_train_llm_tiny_run_writes_results(tmp_path, capsys):
+    args = tiny_text_data(tmp_path)
+    train_llm.main(args + [f"--out_dir={tmp_path / 'run'}"])
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(res) == {"config", "wall_seconds", "stages"}
+    assert [s["stage"] for s in res["stages"]] == ["sft", "swirl_it1_fwm", "swirl_it1_idm", "swirl_it2_fwm",
+                                                   "swirl_it2_idm", "bootstrap", "sft_continue", "best_of_2"]
+    for s in res["stages"]:
+        assert all(0 <= s[m] <= 1 for m in train_llm.METRICS)
+    ckpt = load_checkpoint(str(tmp_path / "run" / "swirl_it1_idm.pt"))
+    assert {"fwm", "idm", "optimizers", "config", "stage", "step", "rng", "generator", "torch_rng"} <= set(ckpt)
+    out = capsys.readouterr().out
+    assert "IDM's action" in out and "fwm_bleu" in out
+
+
+def test_train_llm_resume_reaches_the_same_result(tmp_path):
+    args = tiny_text_data(tmp_path) + ["--samples=0"]
+    train_llm.main(args + [f"--out_dir={tmp_path / 'whole'}"])
+    train_llm.main(args + [f"--out_dir={tmp_path / 'cut'}", "--stop_after=swirl_it1_fwm"])
+    assert len(json.loads((tmp_path / "cut" / "results.json").read_text())["stages"]) == 2  # interrupted
+    train_llm.main(args + [f"--out_dir={tmp_path / 'cut'}", "--resume=True"])
+    whole, cut = (json.loads((tmp_path / d / "results.json").read_text())["stages"] for d in ("whole", "cut"))
+    assert whole == cut
+    a, b = (load_checkpoint(str(tmp_path / d / "resume.pt"))["models"] for d in ("whole", "cut"))
+    for role in ("fwm", "idm"):
+        assert all(torch.equal(a[role][k], b[role][k]) for k in a[role])  # bit-identical final weights
+
+
+def test_train_llm_bad_options_and_files(tmp_path):
+    args = tiny_text_data(tmp_path)
+    with pytest.raises(SystemExit, match="unknown option --n_layers"):
+        train_llm.main(args + ["--n_layers=2"])
+    with pytest.raises(SystemExit, match="unknown --preset=tpu"):
+        train_llm.main(args + ["--preset=tpu"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        train_llm.main(args + [f"--out_dir={tmp_path / 'none'}", "--resume=True"])
+    write_lines(tmp_path / "bad.jsonl", ['{"states": ["a", "b"], "actions": ["x"]}', '{"states": ["a"]}'])
+    with pytest.raises(data.DataError, match=r"bad.jsonl:2: an episode needs at least two states"):
+        train_llm.main(args + [f"--data={tmp_path / 'bad.jsonl'}"])
+    write_lines(tmp_path / "nolabels.jsonl", ['{"states": ["a", "b"]}'])
+    with pytest.raises(data.DataError, match="no step has an action"):
+        train_llm.main(args + [f"--data={tmp_path / 'nolabels.jsonl'}"])
+    with pytest.raises(data.DataError, match="need every action"):
+        train_llm.main(args + [f"--eval_data={tmp_path / 'train.jsonl'}"])
+
+
+def _grad_worker(rank, path, result):
+    """One of two processes: gradient of its half of a batch, averaged over both by all_reduce_grads."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    model = tiny_model()
+    x = torch.arange(24).view(4, 6) % 40
+    model(x[2 * rank : 2 * rank + 2])[..., 0].sum().backward()
+    swirl.all_reduce_grads(model)
+    torch.save([p.grad for p in model.parameters()], f"{result}.{rank}")
+    torch.distributed.destroy_process_group()
+
+
+def test_all_reduce_grads_equals_the_full_batch_gradient(tmp_path):
+    torch.multiprocessing.spawn(_grad_worker, args=(str(tmp_path / "pg"), str(tmp_path / "g")), nprocs=2)
+    model = tiny_model()
+    x = torch.arange(24).view(4, 6) % 40
+    (model(x)[..., 0].sum() / 2).backward()  # oracle: one process, the whole batch (the mean of the halves)
+    for rank in (0, 1):
+        for g, p in zip(torch.load(tmp_path / f"g.{rank}"), model.parameters()):
+            assert torch.allclose(g, p.grad, atol=1e-5)

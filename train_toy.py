@@ -87,7 +87,7 @@ def run_seed(cfg, scfg, seed):
     identifiable = [len(consistent_actions(t.x, t.y)) == 1 for t in test]
     seed_dir = os.path.join(cfg.out_dir, f"seed{seed}")
 
-    def checkpoint(name, fwm, idm):
+    def checkpoint(name, fwm, idm, state):  # the toy keeps the models only; train_llm.py also resumes
         save_checkpoint(os.path.join(seed_dir, f"{name}.pt"), fwm=model_state(fwm), idm=model_state(idm),
                         config=swirl.config_dict(cfg, scfg), stage=name)
 

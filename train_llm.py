@@ -1,0 +1,253 @@
+"""
+train_llm.py: SWIRL on real text states, on one CUDA GPU (or several, or a CPU for a small run).
+
+    python train_llm.py                          # the shipped ScienceWorld snapshot, GPU-sized defaults
+    python train_llm.py --preset=cpu             # a tiny model on CPU, a few minutes, no GPU needed
+    python train_llm.py --data=my.jsonl.gz --eval_data=my_test.jsonl --out_dir=out-mine
+    torchrun --nproc_per_node=4 train_llm.py     # several GPUs: sampling split across ranks
+    python train_llm.py --resume=True            # continue an interrupted run in --out_dir
+
+Data (see data.py for the JSONL format): steps with an action feed SFT, steps without one feed SWIRL;
+--eval_data holds episodes with every action, used only for metrics (without it we hold out part of the
+labelled episodes). The tokenizer is a BPE vocabulary trained on the training states and actions and
+cached next to the data (--tokenizer=gpt2 uses GPT-2's, when tiktoken can load it).
+
+It runs the same swirl.run_swirl as train_toy.py and writes out_dir/results.json in the same shape, with
+text metrics: idm_action_acc, fwm_exact, fwm_bleu, fwm_rougeL (given the true action) and
+fwm_exact_inferred (given the IDM's action). Checkpoints: out_dir/<stage>.pt after SFT and every phase
+(models, optimiser, config, step, random state) and out_dir/resume.pt, the full state --resume needs.
+
+Read this after train_toy.py: the algorithm is the same; only data, size and devices change.
+"""
+
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+import swirl
+from data import DataError, bleu, bpe_tokenizer, gpt2_tokenizer, load_episodes, rouge_l, split_episodes, transitions
+from model import GPT, GPTConfig, load_checkpoint, model_state, save_checkpoint
+
+
+@dataclass
+class LLMConfig:
+    data: str = "data/scienceworld/train.jsonl.gz"
+    eval_data: str = "data/scienceworld/test.jsonl.gz"  # "" = hold out test_fraction of the labelled episodes
+    out_dir: str = "out-llm"
+    preset: str = "gpu"  # "gpu" (these defaults) or "cpu" (see PRESETS); explicit options win over both
+    tokenizer: str = "bpe"  # "bpe" (trained on the training data, offline) or "gpt2" (needs tiktoken's download)
+    vocab_size: int = 2048  # of the trained BPE
+    # the model (each role is one GPT; ~30M parameters with these defaults)
+    n_layer: int = 8
+    n_head: int = 8
+    n_embd: int = 512
+    block_size: int = 1024  # must hold the IDM's prompt (two states) plus an action; see data.check_fits
+    dropout: float = 0.0
+    # the machine
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    dtype: str = "auto"  # "auto": bfloat16 autocast on a GPU that has it, else float32
+    compile: bool = False  # torch.compile the models' forward (GPU; the first steps are slow)
+    # the run
+    seed: int = 0
+    val_fraction: float = 0.1  # of the labelled episodes: early stopping of every SFT
+    test_fraction: float = 0.2  # of the labelled episodes, used as the test set when eval_data is ""
+    max_eval: int = 0  # evaluate on this many held-out transitions (drawn once with the seed); 0 = all
+    resume: bool = False
+    stop_after: str = ""  # a stage name: stop after it (its checkpoint is written); "" = run everything
+    samples: int = 2  # held-out transitions printed at the end
+
+
+# Settings a preset changes; anything given on the command line wins over them.
+PRESETS = {
+    "gpu": dict(sft_lr=6e-4, sft_batch=32, sft_max_steps=5000, sft_eval_every=250, steps_per_phase=100,
+                prompts_per_step=32, group_size=8, lr=2e-5, eval_batch=128),
+    "cpu": dict(n_layer=2, n_head=4, n_embd=64, device="cpu", dtype="float32", max_eval=48, sft_lr=3e-3,
+                sft_batch=16, sft_max_steps=150, sft_eval_every=50, sft_patience=2, iterations=1,
+                steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2", eval_batch=64),
+}
+
+METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_bleu", "fwm_rougeL"]
+
+
+def text_metrics(predicted, real):
+    return {"fwm_bleu": bleu(predicted, real), "fwm_rougeL": rouge_l(predicted, real)}
+
+
+def configure(argv):
+    """LLMConfig and SwirlConfig from the command line: defaults, then the preset, then --key=value."""
+    cfg, scfg = LLMConfig(), swirl.SwirlConfig()
+    presets = [a.split("=", 1)[1] for a in argv if a.startswith("--preset=")]
+    preset = presets[-1] if presets else cfg.preset
+    if preset not in PRESETS:
+        sys.exit(f"unknown --preset={preset}; choose one of {sorted(PRESETS)}")
+    for key, value in PRESETS[preset].items():
+        setattr(cfg if hasattr(cfg, key) else scfg, key, value)
+    return swirl.parse_options(argv, cfg, scfg)
+
+
+def load_data(cfg):
+    """Training episodes -> labelled / val / unlabelled transitions; eval episodes -> test transitions."""
+    episodes = load_episodes(cfg.data)
+    with_labels = [e for e in episodes if any(a is not None for a in e.actions)]
+    if not with_labels:
+        raise DataError(f"{cfg.data}: no step has an action, and SFT needs some. Fix: keep the actions of part "
+                        "of the episodes (SWIRL uses the steps whose action is null or missing).")
+    if cfg.eval_data:
+        test_episodes = load_episodes(cfg.eval_data)
+        for e in test_episodes:
+            if any(a is None for a in e.actions):
+                raise DataError(f"{e.source}: --eval_data episodes need every action (they are the answers). "
+                                "Fix: give every action, or leave --eval_data empty to hold out labelled episodes.")
+        val_ep, _ = split_episodes(with_labels, [cfg.val_fraction, 1 - cfg.val_fraction], cfg.seed)
+    else:
+        fractions = [cfg.val_fraction, cfg.test_fraction, 1 - cfg.val_fraction - cfg.test_fraction]
+        val_ep, test_episodes, _ = split_episodes(with_labels, fractions, cfg.seed)
+    held_out = {id(e) for e in test_episodes}  # (when they come from --data)
+    rest = [e for e in episodes if id(e) not in held_out]
+    steps = transitions(rest)
+    val_sources = {e.source for e in val_ep}  # "file:line" names each episode
+    labelled = [t for t in steps if t.action is not None and t.source not in val_sources]
+    unlabelled = [t for t in steps if t.action is None]  # val episodes' unlabelled steps stay here
+    val = [t for t in transitions(val_ep) if t.action is not None]
+    test = [t for t in transitions(test_episodes) if t.action is not None]
+    if not unlabelled:
+        raise DataError(f"{cfg.data}: every step has an action, so SWIRL has nothing to learn from. Fix: null the "
+                        "actions of part of the episodes (data.strip_actions), or add state-only episodes.")
+    if not val or not labelled or not test:
+        raise DataError(f"{cfg.data}: too few labelled episodes to split into train / val / test "
+                        f"({len(labelled)} / {len(val)} / {len(test)} transitions). Fix: more labelled episodes, "
+                        "or --eval_data.")
+    if cfg.max_eval and len(test) > cfg.max_eval:
+        test = random.Random(cfg.seed).sample(test, cfg.max_eval)
+    return labelled, val, unlabelled, test
+
+
+def make_tokenizer(cfg, labelled, unlabelled):
+    """BPE trained on the training states and actions (never on held-out data), cached next to --data."""
+    if cfg.tokenizer == "gpt2":
+        return gpt2_tokenizer()
+    if cfg.tokenizer != "bpe":
+        sys.exit(f"unknown --tokenizer={cfg.tokenizer}; choose bpe or gpt2")
+    texts = sorted({t.x for t in labelled + unlabelled} | {t.y for t in labelled + unlabelled}
+                   | {t.action for t in labelled})
+    cache = os.path.join(os.path.dirname(os.path.abspath(cfg.data)), f"bpe{cfg.vocab_size}.txt")
+    return bpe_tokenizer(texts, cfg.vocab_size, cache)
+
+
+def setup_devices(cfg):
+    """(rank, device, autocast context). Under torchrun: one process per GPU (NCCL) or per CPU (gloo)."""
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if "RANK" in os.environ and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        if device.startswith("cuda"):
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(device)
+    dtype = cfg.dtype
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    if dtype not in ("bfloat16", "float32"):
+        sys.exit(f"unknown --dtype={cfg.dtype}; choose auto, bfloat16 or float32")
+    # bf16 autocast: matmuls in bfloat16, weights, softmax and log-probs in float32 (no loss scaling needed)
+    ctx = (torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if dtype == "bfloat16"
+           else contextlib.nullcontext())
+    return swirl.world()[0], device, ctx
+
+
+def model_factory(cfg, tok, device):
+    mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
+
+    def new_model():
+        model = GPT(mcfg).to(device)
+        if cfg.compile:
+            model.compile(dynamic=True)  # in place: the module stays a GPT (deepcopy, state_dict)
+        return model
+
+    return new_model, mcfg
+
+
+def checkpointer(cfg, config, rank, started):
+    """After SFT and every phase: out_dir/<stage>.pt (models, optimiser, config, step, random state) and
+    out_dir/resume.pt (everything run_swirl needs to go on). Ranks > 0 save only their random streams,
+    which differ from rank 0's; the weights are the same on every rank."""
+
+    def checkpoint(name, fwm, idm, state):
+        streams = {k: state[k] for k in ("rng", "generator", "torch_rng")}
+        if rank > 0:
+            save_checkpoint(os.path.join(cfg.out_dir, f"resume.rank{rank}.pt"), **streams)
+            return
+        save_checkpoint(os.path.join(cfg.out_dir, f"{name}.pt"), fwm=model_state(fwm), idm=model_state(idm),
+                        optimizers=state["optimizers"], config=config, stage=name, step=state["step"], **streams)
+        save_checkpoint(os.path.join(cfg.out_dir, "resume.pt"), config=config, wall_seconds=time.time() - started,
+                        **state)
+
+    return checkpoint
+
+
+def load_resume(cfg, config, rank):
+    """The state to resume from, checked against this run's settings."""
+    path = os.path.join(cfg.out_dir, "resume.pt")
+    if not os.path.exists(path):
+        sys.exit(f"--resume=True: {path} does not exist (no stage of a run in {cfg.out_dir} has finished). "
+                 "Fix: run without --resume, or point --out_dir at the interrupted run.")
+    state = load_checkpoint(path)
+    ignore = {"resume", "stop_after", "device", "samples"}
+    changed = sorted(k for k in config if k not in ignore and state["config"].get(k) != config[k])
+    if changed:
+        sys.exit(f"--resume=True: {path} was made with other settings ({', '.join(changed)}). "
+                 "Fix: resume with the same options, or start a new run in another --out_dir.")
+    if rank > 0:
+        state.update(load_checkpoint(os.path.join(cfg.out_dir, f"resume.rank{rank}.pt")))
+    return state
+
+
+def main(argv):
+    cfg, scfg = configure(argv)
+    rank, device, autocast = setup_devices(cfg)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    resume = None
+    if cfg.resume:
+        resume = load_resume(cfg, swirl.config_dict(cfg, scfg), rank)
+    started = time.time() - (resume["wall_seconds"] if resume else 0.0)  # wall time counts every session
+    labelled, val, unlabelled, test = load_data(cfg)
+    tok = make_tokenizer(cfg, labelled, unlabelled)
+    task = swirl.make_task(tok, cfg.block_size, labelled, unlabelled, scfg.shared, scfg.truncate)
+    task.state_ids, task.action_ids = task.state_ids.to(device), task.action_ids.to(device)
+    new_model, mcfg = model_factory(cfg, tok, device)
+    config = swirl.config_dict(cfg, scfg)
+    log(f"{len(labelled)} labelled, {len(val)} val, {len(unlabelled)} unlabelled, {len(test)} test transitions; "
+        f"{tok.vocab_size} tokens; models of {GPT(mcfg).num_params():,} parameters on {device} "
+        f"({swirl.world()[1]} process(es))")
+    with autocast:
+        stages, (fwm, idm) = swirl.run_swirl(
+            scfg, task, new_model, labelled, val, unlabelled, test, seed=cfg.seed, extra_metrics=text_metrics,
+            checkpoint=checkpointer(cfg, config, rank, started), resume=resume, stop_after=cfg.stop_after or None, log=log)
+        samples = swirl.show_samples(fwm, idm, task, test, cfg.samples) if cfg.samples else ""
+    wall = time.time() - started
+    if rank == 0:
+        write_results(cfg, config, stages, wall)
+        log(f"\nheld-out samples:\n\n{samples}" if samples else "")
+        log(f"\nheld-out results, {wall:.0f} s:\n\n{swirl.format_table(stages, METRICS)}\n\nwrote {cfg.out_dir}/results.json")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def write_results(cfg, config, stages, wall):
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    tmp = os.path.join(cfg.out_dir, "results.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"config": config, "wall_seconds": wall, "stages": stages}, f, indent=1)
+    os.replace(tmp, os.path.join(cfg.out_dir, "results.json"))
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except DataError as e:
+        sys.exit(f"error: {e}")
