@@ -663,6 +663,27 @@ def test_train_llm_tiny_run_writes_results(tmp_path, capsys):
     assert "IDM's action" in out and "fwm_bleu" in out
 
 
+def test_bpe_cache_is_shared_across_seeds_and_never_overwritten(tmp_path):
+    def tokenizer_files(extra):
+        cfg, _ = train_llm.configure(tiny_text_data(tmp_path) + extra)
+        labelled, val, unlabelled, _ = train_llm.load_data(cfg)
+        train_llm.make_tokenizer(cfg, labelled + val + unlabelled)
+        return sorted(p.name for p in tmp_path.glob("bpe*.txt"))
+
+    # with --eval_data the corpus is the whole --data file, whatever the seed: one cache
+    assert len(tokenizer_files(["--seed=0"])) == 1 and len(tokenizer_files(["--seed=1"])) == 1
+    # without it, the held-out episodes depend on the seed; each split gets its own file beside the first
+    first = tokenizer_files([])
+    assert len(tokenizer_files(["--eval_data=", "--seed=3"])) == 2 and set(first) <= set(tokenizer_files([]))
+
+
+def test_copy_baseline_hand_computed():
+    # y = x is right on the first pair and shares no word with the real y on the second. BLEU over the
+    # corpus: n-gram matches 4/6, 3/4, 2/2, 1/1, equal lengths -> (4/6 * 3/4) ** (1/4) = 0.5 ** 0.25
+    test = [data.Transition("a b c d", "a b c d", "z", 0), data.Transition("p q", "r s", "z", 0)]
+    assert train_llm.copy_baseline(test) == f"fwm_exact=0.500 fwm_bleu={0.5 ** 0.25:.3f} fwm_rougeL=0.500"
+
+
 def test_train_llm_resume_reaches_the_same_result(tmp_path):
     args = tiny_text_data(tmp_path) + ["--samples=0"]
     train_llm.main(args + [f"--out_dir={tmp_path / 'whole'}"])

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import torch
 
 import swirl
-from data import DataError, bleu, bpe_tokenizer, gpt2_tokenizer, load_episodes, rouge_l, split_episodes, transitions
+from data import (DataError, bleu, bpe_tokenizer, corpus_hash, gpt2_tokenizer, load_episodes, rouge_l, split_episodes,
+                  transitions)
 from model import GPT, GPTConfig, load_checkpoint, model_state, save_checkpoint
 
 
@@ -77,6 +78,15 @@ METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_bleu", "fwm
 
 def text_metrics(predicted, real):
     return {"fwm_bleu": bleu(predicted, real), "fwm_rougeL": rouge_l(predicted, real)}
+
+
+def copy_baseline(test):
+    """The FWM metrics of the trivial world model that predicts 'nothing changes' (y = x): the floor a
+    useful FWM must clear. In ScienceWorld many gold steps (focus on, wait, read) leave the look and the
+    inventory unchanged, so this floor is high."""
+    xs, ys = [t.x for t in test], [t.y for t in test]
+    exact = sum(x == y for x, y in zip(xs, ys)) / len(test)
+    return " ".join(f"{k}={v:.3f}" for k, v in {"fwm_exact": exact, **text_metrics(xs, ys)}.items())
 
 
 def configure(argv):
@@ -128,16 +138,18 @@ def load_data(cfg):
     return labelled, val, unlabelled, test
 
 
-def make_tokenizer(cfg, labelled, unlabelled):
-    """BPE trained on the training states and actions (never on held-out data), cached next to --data."""
+def make_tokenizer(cfg, train):
+    """BPE trained on the training transitions' states and actions (never on held-out test data), cached
+    next to --data under a name that carries the corpus hash: with --eval_data the corpus is the whole
+    --data file (every seed shares one cache, the shipped one for ScienceWorld); without it, each held-out
+    split gets its own file and none overwrites another."""
     if cfg.tokenizer == "gpt2":
         return gpt2_tokenizer()
     if cfg.tokenizer != "bpe":
         sys.exit(f"unknown --tokenizer={cfg.tokenizer}; choose bpe or gpt2")
-    texts = sorted({t.x for t in labelled + unlabelled} | {t.y for t in labelled + unlabelled}
-                   | {t.action for t in labelled})
-    cache = os.path.join(os.path.dirname(os.path.abspath(cfg.data)), f"bpe{cfg.vocab_size}.txt")
-    return bpe_tokenizer(texts, cfg.vocab_size, cache)
+    texts = sorted({t.x for t in train} | {t.y for t in train} | {t.action for t in train if t.action is not None})
+    name = f"bpe{cfg.vocab_size}-{corpus_hash(texts)[:8]}.txt"
+    return bpe_tokenizer(texts, cfg.vocab_size, os.path.join(os.path.dirname(os.path.abspath(cfg.data)), name))
 
 
 def setup_devices(cfg):
@@ -216,7 +228,7 @@ def main(argv):
         resume = load_resume(cfg, swirl.config_dict(cfg, scfg), rank)
     started = time.time() - (resume["wall_seconds"] if resume else 0.0)  # wall time counts every session
     labelled, val, unlabelled, test = load_data(cfg)
-    tok = make_tokenizer(cfg, labelled, unlabelled)
+    tok = make_tokenizer(cfg, labelled + val + unlabelled)
     task = swirl.make_task(tok, cfg.block_size, labelled, unlabelled, scfg.shared, scfg.truncate)
     task.state_ids, task.action_ids = task.state_ids.to(device), task.action_ids.to(device)
     new_model, mcfg = model_factory(cfg, tok, device)
@@ -224,6 +236,7 @@ def main(argv):
     log(f"{len(labelled)} labelled, {len(val)} val, {len(unlabelled)} unlabelled, {len(test)} test transitions; "
         f"{tok.vocab_size} tokens; models of {GPT(mcfg).num_params():,} parameters on {device} "
         f"({swirl.world()[1]} process(es))")
+    log(f"reference, no model: predicting y = x {copy_baseline(test)}")
     with autocast:
         stages, (fwm, idm) = swirl.run_swirl(
             scfg, task, new_model, labelled, val, unlabelled, test, seed=cfg.seed, extra_metrics=text_metrics,
