@@ -30,7 +30,9 @@ Read next: train_toy.py (the toy end to end), train_llm.py (text states).
 """
 
 import copy
+import json
 import math
+import os
 import random
 import sys
 from dataclasses import asdict, dataclass, fields
@@ -480,8 +482,8 @@ def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm
     if resume is not None:
         fwm, idm, init, sft_models, refs = (*restore(resume["models"], fwm, idm),
                                             *(restore(resume[k], fwm, idm) for k in ("init", "sft", "refs")))
-        refs = refs and tuple(r and frozen_copy(r) for r in refs)
-        stages, swirl_steps = resume["stages"], resume["swirl_steps"]
+        refs = refs and tuple(r and r.eval().requires_grad_(False) for r in refs)  # restore made fresh copies
+        stages, swirl_steps = resume["stages"], resume["step"]
         rng.setstate(resume["rng"])
         gen.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])
@@ -552,8 +554,7 @@ def run_state(stages, swirl_steps, models, init, sft_models, refs, optimizers, r
     it; it is kept for inspection and for anyone who wants to continue that phase)."""
     return {
         "stages": copy.deepcopy(stages),
-        "step": swirl_steps,
-        "swirl_steps": swirl_steps,
+        "step": swirl_steps,  # SWIRL update steps so far (sft_continue spends as many)
         "models": pair_state(models),
         "init": pair_state(init),
         "sft": pair_state(sft_models),
@@ -585,6 +586,15 @@ def restore(state, fwm_like, idm_like):
     i = copy.deepcopy(idm_like)
     i.load_state_dict(state["idm"])
     return f, i
+
+
+def write_results(out_dir, config, stages, wall_seconds):
+    """out_dir/results.json, the shape other tools read, written to a temporary file and renamed."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"config": config, "wall_seconds": wall_seconds, "stages": stages}, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 def parse_best_of(text):

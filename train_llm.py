@@ -21,7 +21,6 @@ Read this after train_toy.py: the algorithm is the same; only data, size and dev
 """
 
 import contextlib
-import json
 import os
 import random
 import sys
@@ -31,8 +30,8 @@ from dataclasses import dataclass
 import torch
 
 import swirl
-from data import (DataError, bleu, bpe_tokenizer, corpus_hash, gpt2_tokenizer, load_episodes, rouge_l, split_episodes,
-                  transitions)
+from data import (DataError, bleu, bpe_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled, load_episodes,
+                  rouge_l, split_episodes, transitions)
 from model import GPT, GPTConfig, load_checkpoint, model_state, save_checkpoint
 
 
@@ -122,8 +121,8 @@ def load_data(cfg):
     rest = [e for e in episodes if id(e) not in held_out]
     steps = transitions(rest)
     val_sources = {e.source for e in val_ep}  # "file:line" names each episode
-    labelled = [t for t in steps if t.action is not None and t.source not in val_sources]
-    unlabelled = [t for t in steps if t.action is None]  # val episodes' unlabelled steps stay here
+    with_action, unlabelled = labelled_and_unlabelled(steps)  # val episodes' unlabelled steps stay in SWIRL's data
+    labelled = [t for t in with_action if t.source not in val_sources]
     val = [t for t in transitions(val_ep) if t.action is not None]
     test = [t for t in transitions(test_episodes) if t.action is not None]
     if not unlabelled:
@@ -244,19 +243,11 @@ def main(argv):
         samples = swirl.show_samples(fwm, idm, task, test, cfg.samples) if cfg.samples else ""
     wall = time.time() - started
     if rank == 0:
-        write_results(cfg, config, stages, wall)
+        swirl.write_results(cfg.out_dir, config, stages, wall)
         log(f"\nheld-out samples:\n\n{samples}" if samples else "")
         log(f"\nheld-out results, {wall:.0f} s:\n\n{swirl.format_table(stages, METRICS)}\n\nwrote {cfg.out_dir}/results.json")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def write_results(cfg, config, stages, wall):
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    tmp = os.path.join(cfg.out_dir, "results.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump({"config": config, "wall_seconds": wall, "stages": stages}, f, indent=1)
-    os.replace(tmp, os.path.join(cfg.out_dir, "results.json"))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Writes out_dir/results.json, checkpoints (out_dir/seed<k>/*.pt) and, with matplo
 Read this file after swirl.py; it is only glue.
 """
 
-import json
 import os
 import sys
 import time
@@ -132,10 +131,7 @@ def main(argv):
         runs.append(stages)
     stages = swirl.mean_over_seeds(runs)
     wall = time.time() - t0
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    results = {"config": swirl.config_dict(cfg, scfg), "wall_seconds": wall, "stages": stages}
-    with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    swirl.write_results(cfg.out_dir, swirl.config_dict(cfg, scfg), stages, wall)
     fwm, idm, task, test = last
     if cfg.samples:
         print("\nheld-out samples (last seed, final SWIRL models):\n")
