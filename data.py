@@ -322,7 +322,8 @@ def load_episodes(path):
                 continue
             source = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
+                # parsed without its newline, so that an error's column is a column of this line
+                obj = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 raise DataError(f"{source}: not valid JSON ({e.msg} at column {e.colno}). Fix: one JSON object per line.") from None
             episodes.append(parse_episode(obj, source))

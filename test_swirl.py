@@ -293,7 +293,8 @@ def test_load_episodes_good_file_and_gz(tmp_path):
 @pytest.mark.parametrize(
     "line, message",
     [
-        ('{"states": ["a", "b"]', "not valid JSON"),
+        ('{"states": ["a", "b"]', "not valid JSON .* at column 22"),  # just past the line's 21 characters
+        ('{"states": ["a" "b"]}', "not valid JSON .* at column 17"),  # the missing comma's place
         ('["a", "b"]', "expected a JSON object"),
         ('{"actions": ["x"]}', 'missing "states"'),
         ('{"states": ["only one"]}', "at least two states"),
