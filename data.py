@@ -11,8 +11,10 @@ grpo.py can stay generic and swirl.py can read like the paper.
          fast encoding; cached next to the data so it is trained once, offline;
        - gpt2_tokenizer(): GPT-2's vocabulary from tiktoken, when it can be loaded (it needs a download).
   2. The prompt layouts of the two roles, in one place (see `fwm_prompt`, `idm_prompt`):
-         FWM  P(y | x, z):  <|state|> x <|action|> z <|next|>   ->   y <|end|>
+         FWM  P(y | x, z):  <|action|> z <|state|> x <|next|>   ->   y <|end|>
          IDM  Q(z | x, y):  <|state|> x <|next|> y <|action|>   ->   z <|end|>
+     The FWM reads the action first so that y starts at the same distance after x whatever z's
+     length: copying the unchanged part of x into y is then one fixed-offset attention pattern.
      With shared weights (one model, two roles) the prompt starts with <|fwm|> or <|idm|>.
   3. Episodes in JSONL, one per line:
          {"states": ["s0", "s1", ..., "sT"], "actions": ["a0", ..., "a(T-1)"]}
@@ -197,9 +199,14 @@ def gpt2_tokenizer():
 
 
 def fwm_prompt(tok, x, z, shared=False):
-    """Prompt of the forward model P(y | x, z); its completion is y."""
+    """Prompt of the forward model P(y | x, z); its completion is y.
+
+    z comes before x. With x first, y's i-th token sits len(z) + 2 + i tokens after x's i-th, a distance
+    that changes with the action ("up" is 2 bytes, "right" 5), and the toy's small FWM had to learn to
+    copy at each distance: 0.321 +/- 0.070 next-state exact match after SFT, against 0.648 +/- 0.093 with
+    z first (3 seeds, same data and steps; see README, "What we tried")."""
     role = [tok.fwm_id] if shared else []
-    return role + [tok.state_id] + tok.encode(x) + [tok.action_id] + tok.encode(z) + [tok.next_id]
+    return role + [tok.action_id] + tok.encode(z) + [tok.state_id] + tok.encode(x) + [tok.next_id]
 
 
 def idm_prompt(tok, x, y, shared=False):
@@ -237,7 +244,8 @@ def check_fits(tok, prompt, target, block_size, source, truncate=False):
     """Return (prompt, target) that fit in block_size tokens, or raise a DataError with the numbers.
 
     With truncate=True: a target longer than half the block keeps its first tokens and its <|end|>;
-    then the prompt loses the tokens right after its leading special tokens (the start of state x)."""
+    then the prompt loses the tokens right after <|state|> (the start of state x; the action and the
+    other markers are kept, in both layouts)."""
     n = len(prompt) + len(target)
     if n <= block_size:
         return prompt, target
@@ -249,7 +257,7 @@ def check_fits(tok, prompt, target, block_size, source, truncate=False):
     half = block_size // 2
     if len(target) > half:
         target = target[: half - 1] + target[-1:]
-    head = next(i for i, t in enumerate(prompt) if t not in tok.special_ids)  # markers before x
+    head = prompt.index(tok.state_id) + 1  # x starts right after <|state|>
     excess = len(prompt) + len(target) - block_size
     if excess > 0:
         prompt = prompt[:head] + prompt[head + excess :]

@@ -262,7 +262,7 @@ def test_bpe_matches_merge_order_by_hand():
 def test_layouts_and_collate_masks():
     tok = data.byte_tokenizer()
     p = data.fwm_prompt(tok, "AB", "up")
-    assert p == [tok.state_id, 65, 66, tok.action_id, ord("u"), ord("p"), tok.next_id]
+    assert p == [tok.action_id, ord("u"), ord("p"), tok.state_id, 65, 66, tok.next_id]
     q = data.idm_prompt(tok, "AB", "CD", shared=True)
     assert q[:2] == [tok.idm_id, tok.state_id] and q[-1] == tok.action_id
     c = data.completion(tok, "C")
@@ -325,7 +325,8 @@ def test_state_longer_than_context(tmp_path):
         data.check_fits(tok, prompt, target, 64, "f.jsonl:3")
     p2, t2 = data.check_fits(tok, prompt, target, 64, "f.jsonl:3", truncate=True)
     assert len(p2) + len(t2) <= 64
-    assert p2[0] == tok.state_id and p2[-1] == tok.next_id and t2[-1] == tok.end_id
+    assert p2[:4] == prompt[:4] and p2[-1] == tok.next_id and t2[-1] == tok.end_id  # <|action|> up <|state|> kept
+    assert p2[4:-1] == prompt[-len(p2) + 4 : -1]  # x lost its first tokens, not its last
 
 
 def test_split_by_episode_is_disjoint_and_seeded():
