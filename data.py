@@ -257,8 +257,14 @@ def check_fits(tok, prompt, target, block_size, source, truncate=False):
     half = block_size // 2
     if len(target) > half:
         target = target[: half - 1] + target[-1:]
-    head = prompt.index(tok.state_id) + 1  # x starts right after <|state|>
+    head = prompt.index(tok.state_id) + 1  # x starts right after <|state|> ...
+    x_len = prompt.index(tok.next_id) - head  # ... and ends at <|next|>, in both layouts
     excess = len(prompt) + len(target) - block_size
+    if excess > x_len:  # the IDM's y or the FWM's z alone is too long: cutting x cannot help
+        raise DataError(
+            f"{source}: this transition needs {n} tokens and would still need {excess - x_len} too many with "
+            f"its state x cut away entirely (block_size {block_size}). Fix: raise --block_size or shorten the states."
+        )
     if excess > 0:
         prompt = prompt[:head] + prompt[head + excess :]
     return prompt, target

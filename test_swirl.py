@@ -327,6 +327,10 @@ def test_state_longer_than_context(tmp_path):
     assert len(p2) + len(t2) <= 64
     assert p2[:4] == prompt[:4] and p2[-1] == tok.next_id and t2[-1] == tok.end_id  # <|action|> up <|state|> kept
     assert p2[4:-1] == prompt[-len(p2) + 4 : -1]  # x lost its first tokens, not its last
+    # the IDM's prompt also holds y: when y alone overflows the block, cutting x cannot help
+    idm_p = data.idm_prompt(tok, "x" * 10, "y" * 60)
+    with pytest.raises(data.DataError, match=r"f.jsonl:3: this transition needs 76 tokens and would still need 2 too many.*Fix: raise --block_size"):
+        data.check_fits(tok, idm_p, data.completion(tok, "up"), 64, "f.jsonl:3", truncate=True)
 
 
 def test_split_by_episode_is_disjoint_and_seeded():
