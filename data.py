@@ -201,9 +201,9 @@ def gpt2_tokenizer():
 def fwm_prompt(tok, x, z, shared=False):
     """Prompt of the forward model P(y | x, z); its completion is y.
 
-    z comes before x. With x first, y's i-th token sits len(z) + 2 + i tokens after x's i-th, a distance
-    that changes with the action ("up" is 2 bytes, "right" 5), and the toy's small FWM had to learn to
-    copy at each distance: 0.321 +/- 0.070 next-state exact match after SFT, against 0.648 +/- 0.093 with
+    z comes before x. With x first, y's i-th token sits len(x) + len(z) + 2 tokens after x's i-th, a
+    distance that changes with the action ("up" is 2 bytes, "right" 5), and the toy's small FWM had to
+    learn to copy at each distance: 0.321 +/- 0.070 next-state exact match after SFT, against 0.648 +/- 0.093 with
     z first (3 seeds, same data and steps; see README, "What we tried")."""
     role = [tok.fwm_id] if shared else []
     return role + [tok.action_id] + tok.encode(z) + [tok.state_id] + tok.encode(x) + [tok.next_id]
@@ -245,7 +245,7 @@ def check_fits(tok, prompt, target, block_size, source, truncate=False):
 
     With truncate=True: a target longer than half the block keeps its first tokens and its <|end|>;
     then the prompt loses the tokens right after <|state|> (the start of state x; the action and the
-    other markers are kept, in both layouts)."""
+    other markers are kept, in both layouts), and raises if losing all of x would not be enough."""
     n = len(prompt) + len(target)
     if n <= block_size:
         return prompt, target
