@@ -6,6 +6,7 @@ Two language models teach each other on state-only pairs (x, y):
   IDM  Q_phi(z | x, y)    writes the action that explains a change of state.
 
   run_swirl():
+    (optional) state-only pretraining of the FWM on the unlabelled pairs  (pretrain_fwm)
     SFT warm start on the labelled transitions, both directions           (sft)
     for each iteration:
       references <- copies of both models as they are now                (reset every iteration)
@@ -35,7 +36,7 @@ import math
 import os
 import random
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from tqdm import tqdm
@@ -55,6 +56,8 @@ class SwirlConfig:
     sft_max_steps: int = 3000
     sft_eval_every: int = 250  # steps between checks on the held-out labelled split
     sft_patience: int = 4  # checks without improvement before early stopping
+    pretrain_steps: int = 0  # state-only pretraining of the FWM before SFT (see pretrain_fwm); 0: none
+    finetune_lr: float = 3e-4  # SFT's peak lr for a pretrained model (fine-tuning, not learning from scratch)
     # SWIRL iterations
     iterations: int = 2
     phases: str = "both"  # "both", "fwm" (Phase I only) or "idm" (Phase II only)
@@ -424,16 +427,31 @@ def heldout_loss(model, examples, batch=256):
 # Warm start and the SFT-based baselines
 
 
+def pretrain_fwm(fwm, task, labelled, unlabelled, cfg, rng):
+    """State-only pretraining: the FWM learns to write y from x on the unlabelled pairs, the action unknown.
+    The paper starts from pretrained LLMs, which already write plausible next states and only have to learn
+    what the actions do; this is the toy's stand-in. It uses no action label of the unlabelled pairs: each
+    pair is shown with 4 action words drawn at random from the labelled split, so the FWM learns to copy
+    the state and that the action word says nothing (SFT then teaches what it says). A placeholder word
+    such as "?" would not do: it shifts x to other positions than real action words do, and the small
+    FWM's copying is tied to positions, so SFT on real actions would have to learn it again."""
+    words = [t.action for t in labelled]
+    examples = [task.fwm_example(t.x, rng.choice(words), t.y, t.source) for t in unlabelled for _ in range(4)]
+    sft(fwm, examples, None, cfg, rng, steps=cfg.pretrain_steps, desc="pretrain FWM")
+
+
 def warm_start(fwm, idm, task, labelled, val, cfg, rng, steps=None, desc="sft"):
     """SFT in both directions on labelled transitions: the FWM on y's tokens given (x, z), the IDM on z's
-    tokens given (x, y). With shared weights one model learns both.
+    tokens given (x, y). With shared weights one model learns both. A pretrained FWM (or shared model) is
+    fine-tuned at cfg.finetune_lr: at sft_lr it forgets what pretraining taught within a few hundred steps.
     Returns (update steps taken, {role: optimiser}) (the optimisers go into checkpoints)."""
     fwm_ex = [task.fwm_example(t.x, t.action, t.y, t.source) for t in labelled]
     idm_ex = [task.idm_example(t.x, t.y, t.action, t.source) for t in labelled]
+    fwm_cfg = replace(cfg, sft_lr=cfg.finetune_lr) if cfg.pretrain_steps else cfg
     if fwm is idm:
-        n, opt = sft(fwm, fwm_ex + idm_ex, val_scorer(task, val, "both"), cfg, rng, steps, desc)
+        n, opt = sft(fwm, fwm_ex + idm_ex, val_scorer(task, val, "both"), fwm_cfg, rng, steps, desc)
         return n, {"shared": opt}
-    n_fwm, opt_fwm = sft(fwm, fwm_ex, val_scorer(task, val, "fwm"), cfg, rng, steps, desc + " FWM")
+    n_fwm, opt_fwm = sft(fwm, fwm_ex, val_scorer(task, val, "fwm"), fwm_cfg, rng, steps, desc + " FWM")
     n_idm, opt_idm = sft(idm, idm_ex, val_scorer(task, val, "idm"), cfg, rng, steps, desc + " IDM")
     return n_fwm + n_idm, {"fwm": opt_fwm, "idm": opt_idm}
 
@@ -476,7 +494,10 @@ def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm
     gen = torch.Generator(device=task.state_ids.device).manual_seed(seed + 1000 * rank)
     fwm = new_model()
     idm = fwm if cfg.shared else new_model()
-    init = copies(fwm, idm)  # the oracle starts from the same initial weights
+    if cfg.pretrain_steps and resume is None:
+        log(f"state-only pretraining of the FWM on {len(unlabelled)} unlabelled pairs ({cfg.pretrain_steps} steps)")
+        pretrain_fwm(fwm, task, labelled, unlabelled, cfg, rng)
+    init = copies(fwm, idm)  # every SFT baseline, the oracle included, starts from these weights
     refs = sft_models = None
     stages, swirl_steps = [], 0
     if resume is not None:

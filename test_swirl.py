@@ -373,6 +373,22 @@ def test_dynamics_by_hand():
     assert set(ACTIONS) == {"up", "down", "left", "right"}
 
 
+def test_two_cell_actions_by_hand():
+    w = GridWorld(max_step=2)
+    assert w.actions == ["up", "down", "left", "right", "up 2", "down 2", "left 2", "right 2"]
+    x = "A...\n.#..\n.o.."
+    assert step(x, "right 2") == step(step(x, "right"), "right") == "..A.\n.#..\n.o.."
+    assert step(x, "down 2") == "....\n.#..\nAo.."  # two cells down
+    assert step("A.o.\n....", "right 2") == "..Ao\n...."  # walk, then push the box
+    assert step("...A\n....", "right 2") == "...A\n...."  # blocked at once: nothing changes
+    assert step(".A..\n....", "left 2") == step(".A..\n....", "left")  # blocked half-way: one cell
+    assert consistent_actions(".A..\n....", "A...\n....", w.actions) == ["left", "left 2"]  # not identifiable
+    assert consistent_actions(x, "..A.\n.#..\n.o..", w.actions) == ["right 2"]
+    states, actions = make_episodes(w, 20, seed=0)
+    assert any(" 2" in a for ep in actions for a in ep)  # the policy uses them
+    assert all(step(s[t], a[t]) == s[t + 1] for s, a in zip(states, actions) for t in range(len(a)))
+
+
 # ----------------------------------------------------------------------------------------------------
 # swirl.py
 
@@ -497,6 +513,52 @@ def test_sft_trains_only_the_target_tokens():
     assert loss.item() == pytest.approx(-sum(by_hand) / len(by_hand), abs=1e-5)
 
 
+def spy_sft(monkeypatch):
+    """Record (desc, examples, peak lr, steps) of every swirl.sft call, then run it."""
+    calls = []
+    real = swirl.sft
+
+    def spy(model, examples, val_score, cfg, rng, steps=None, desc="sft"):
+        calls.append((desc, examples, cfg.sft_lr, steps))
+        return real(model, examples, val_score, cfg, rng, steps, desc)
+
+    monkeypatch.setattr(swirl, "sft", spy)
+    return calls
+
+
+def test_pretraining_sees_states_and_labelled_words_only(monkeypatch):
+    _, scfg, task, new, lab, val, unl, _ = tiny_toy(pretrain_steps=3)
+    calls = spy_sft(monkeypatch)
+    swirl.pretrain_fwm(new(), task, lab, unl, scfg, random.Random(0))
+    ((desc, examples, lr, steps),) = calls
+    assert (desc, lr, steps) == ("pretrain FWM", scfg.sft_lr, 3) and len(examples) == 4 * len(unl)
+    words = {t.action for t in lab}
+    for (prompt, target), t in zip(examples, [t for t in unl for _ in range(4)]):
+        assert target == data.completion(task.tok, t.y)  # the real next state is the target ...
+        assert any(prompt == task.fwm_example(t.x, w)[0] for w in words)  # ... the action a labelled word
+
+
+def test_pretrained_fwm_is_fine_tuned_gently_everywhere(monkeypatch):
+    _, scfg, task, new, lab, val, unl, test = tiny_toy(pretrain_steps=2, finetune_lr=1e-4, confidence=0.0)
+    calls = spy_sft(monkeypatch)
+    seen = {}
+    real_warm = swirl.warm_start
+
+    def spy_warm(fwm, idm, *a, desc="sft", **kw):  # the weights each SFT of the FWM starts from
+        seen[desc] = weights(fwm)
+        return real_warm(fwm, idm, *a, desc=desc, **kw)
+
+    monkeypatch.setattr(swirl, "warm_start", spy_warm)
+    swirl.run_swirl(scfg, task, new, lab, val, unl, test, unlabelled_truth=lab, log=lambda *_: None)
+    lrs = {desc: lr for desc, _, lr, _ in calls}
+    assert calls[0][0] == "pretrain FWM" and lrs["pretrain FWM"] == scfg.sft_lr
+    for stage in ("sft", "bootstrap", "sft_continue", "oracle"):
+        assert lrs[stage + " FWM"] == 1e-4 and lrs[stage + " IDM"] == scfg.sft_lr  # the IDM is not pretrained
+    torch.manual_seed(0)  # as run_swirl does before it builds its models
+    untrained = weights(new())
+    assert same(seen["oracle"], seen["sft"]) and not same(seen["sft"], untrained)  # both start pretrained
+
+
 def test_parse_options_rejects_unknown_and_converts():
     cfg, scfg = train_toy.ToyConfig(), swirl.SwirlConfig()
     swirl.parse_options(["--seeds=3", "--beta=0.5", "--shared=true", "--phases=fwm"], cfg, scfg)
@@ -526,7 +588,7 @@ def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
         f"--out_dir={out}", "--size=3", "--n_walls=1", "--episode_len=3", "--labelled_episodes=6",
         "--val_episodes=2", "--unlabelled_episodes=4", "--test_episodes=2", "--n_layer=1", "--n_head=2",
         "--n_embd=16", "--sft_max_steps=4", "--sft_eval_every=2", "--steps_per_phase=2", "--prompts_per_step=2",
-        "--group_size=2", "--iterations=2", "--seeds=2", "--confidence=0.0",
+        "--group_size=2", "--iterations=2", "--seeds=2", "--confidence=0.0", "--pretrain_steps=3",
     ])
     res = json.loads((out / "results.json").read_text())
     assert set(res) == {"config", "wall_seconds", "stages"} and res["config"]["seeds"] == 2

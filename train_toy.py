@@ -32,6 +32,7 @@ class ToyConfig:
     n_walls: int = 3
     n_boxes: int = 1
     episode_len: int = 8
+    max_step: int = 1  # 2 adds the actions "up 2" ... "right 2" (two cells in one action)
     labelled_episodes: int = 50  # with actions: SFT (50 x 8 = 400 transitions)
     val_episodes: int = 25  # with actions: early stopping of every SFT
     unlabelled_episodes: int = 200  # actions hidden: SWIRL's data
@@ -61,7 +62,7 @@ def cell_accuracy(predicted, real):
 
 def make_data(cfg, seed):
     """Episodes -> labelled / val / unlabelled / test transitions. Episodes are split, never steps."""
-    world = GridWorld(cfg.size, cfg.n_walls, cfg.n_boxes, cfg.episode_len)
+    world = GridWorld(cfg.size, cfg.n_walls, cfg.n_boxes, cfg.episode_len, max_step=cfg.max_step)
     counts = [cfg.labelled_episodes, cfg.val_episodes, cfg.unlabelled_episodes, cfg.test_episodes]
     states, actions = make_episodes(world, sum(counts), seed)
     episodes = [Episode(s, a, f"toy episode {i}") for i, (s, a) in enumerate(zip(states, actions))]
@@ -76,6 +77,7 @@ def make_data(cfg, seed):
 
 def run_seed(cfg, scfg, seed):
     labelled, val, unlabelled, unlabelled_truth, test = make_data(cfg, seed)
+    actions = GridWorld(max_step=cfg.max_step).actions
     tok = byte_tokenizer()
     block = 2 * (cfg.size * (cfg.size + 1)) + 16  # two grids + the longest action + markers
     task = swirl.make_task(tok, block, labelled, unlabelled, scfg.shared)
@@ -83,7 +85,7 @@ def run_seed(cfg, scfg, seed):
     mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block, n_layer=cfg.n_layer, n_head=cfg.n_head,
                      n_embd=cfg.n_embd)
     # the IDM is scored only where one action explains the change (see toy_envs/gridworld.py)
-    identifiable = [len(consistent_actions(t.x, t.y)) == 1 for t in test]
+    identifiable = [len(consistent_actions(t.x, t.y, actions)) == 1 for t in test]
     seed_dir = os.path.join(cfg.out_dir, f"seed{seed}")
 
     def checkpoint(name, fwm, idm, state):  # the toy keeps the models only; train_llm.py also resumes

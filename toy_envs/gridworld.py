@@ -10,7 +10,8 @@ gridworld.py: a tiny box-pushing world rendered as text, one character per cell.
 Actions are the words "up", "down", "left", "right". The agent moves one cell; if a box is in the
 way, it is pushed one cell further when that cell is floor; the agent stays put when it would walk
 into a wall, off the grid, or push a box into something. Every episode draws a new layout (walls,
-agent, box), so a world model must learn the rules, not memorise a map.
+agent, box), so a world model must learn the rules, not memorise a map. With max_step=2 the world
+also has "up 2" ... "right 2": two single steps in one action (blocked half-way, it moves one cell).
 
 Why this world fits the paper's regime: reading the action back from (x, y) is easy (find where 'A'
 went), so a small labelled set trains a decent inverse model; writing the next grid is harder (copy
@@ -42,6 +43,11 @@ class GridWorld:
     n_boxes: int = 1
     episode_len: int = 8  # actions per episode (so episode_len + 1 states)
     p_move: float = 0.8  # chance that the policy picks among the actions that change the state
+    max_step: int = 1  # > 1 adds "up 2" ... "right <max_step>": one action, that many single steps
+
+    @property
+    def actions(self):
+        return [d if k == 1 else f"{d} {k}" for k in range(1, self.max_step + 1) for d in ACTIONS]
 
 
 def render(grid):
@@ -54,7 +60,16 @@ def parse(text):
 
 
 def step(text, action):
-    """The world's true dynamics: next state's text after `action` in state `text`."""
+    """The world's true dynamics: next state's text after `action` in state `text`.
+    "up 2" is two single steps up, each with the rules below."""
+    direction, _, repeat = action.partition(" ")
+    for _ in range(int(repeat or 1)):
+        text = single_step(text, direction)
+    return text
+
+
+def single_step(text, action):
+    """One cell in direction `action`, with the pushing and blocking rules of the module docstring."""
     grid = parse(text)
     n_rows, n_cols = len(grid), len(grid[0])
     (r, c), = [(i, j) for i, row in enumerate(grid) for j, ch in enumerate(row) if ch == AGENT]
@@ -72,9 +87,9 @@ def step(text, action):
     return render(grid)
 
 
-def consistent_actions(x, y):
-    """All actions that turn state x into state y under the true dynamics."""
-    return [a for a in ACTIONS if step(x, a) == y]
+def consistent_actions(x, y, actions=ACTIONS):
+    """All actions (of the list given) that turn state x into state y under the true dynamics."""
+    return [a for a in actions if step(x, a) == y]
 
 
 def random_layout(world, rng):
@@ -88,8 +103,8 @@ def random_layout(world, rng):
 
 def random_action(state, world, rng):
     """The logging policy: usually a move that does something (as in real logs), sometimes any move."""
-    moving = [a for a in ACTIONS if step(state, a) != state]
-    pool = moving if moving and rng.random() < world.p_move else ACTIONS
+    moving = [a for a in world.actions if step(state, a) != state]
+    pool = moving if moving and rng.random() < world.p_move else world.actions
     return pool[rng.integers(len(pool))]
 
 
