@@ -60,9 +60,13 @@ def cell_accuracy(predicted, real):
     return {"fwm_cell_acc": hits / max(1, total)}
 
 
+def make_world(cfg):
+    return GridWorld(cfg.size, cfg.n_walls, cfg.n_boxes, cfg.episode_len, max_step=cfg.max_step)
+
+
 def make_data(cfg, seed):
     """Episodes -> labelled / val / unlabelled / test transitions. Episodes are split, never steps."""
-    world = GridWorld(cfg.size, cfg.n_walls, cfg.n_boxes, cfg.episode_len, max_step=cfg.max_step)
+    world = make_world(cfg)
     counts = [cfg.labelled_episodes, cfg.val_episodes, cfg.unlabelled_episodes, cfg.test_episodes]
     states, actions = make_episodes(world, sum(counts), seed)
     episodes = [Episode(s, a, f"toy episode {i}") for i, (s, a) in enumerate(zip(states, actions))]
@@ -77,7 +81,6 @@ def make_data(cfg, seed):
 
 def run_seed(cfg, scfg, seed):
     labelled, val, unlabelled, unlabelled_truth, test = make_data(cfg, seed)
-    actions = GridWorld(max_step=cfg.max_step).actions
     tok = byte_tokenizer()
     block = 2 * (cfg.size * (cfg.size + 1)) + 16  # two grids + the longest action + markers
     task = swirl.make_task(tok, block, labelled, unlabelled, scfg.shared)
@@ -85,6 +88,7 @@ def run_seed(cfg, scfg, seed):
     mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block, n_layer=cfg.n_layer, n_head=cfg.n_head,
                      n_embd=cfg.n_embd)
     # the IDM is scored only where one action explains the change (see toy_envs/gridworld.py)
+    actions = make_world(cfg).actions
     identifiable = [len(consistent_actions(t.x, t.y, actions)) == 1 for t in test]
     seed_dir = os.path.join(cfg.out_dir, f"seed{seed}")
 
