@@ -387,6 +387,8 @@ def test_two_cell_actions_by_hand():
     states, actions = make_episodes(w, 20, seed=0)
     assert any(" 2" in a for ep in actions for a in ep)  # the policy uses them
     assert all(step(s[t], a[t]) == s[t + 1] for s, a in zip(states, actions) for t in range(len(a)))
+    with pytest.raises(ValueError, match="max_step=0: it must be at least 1"):
+        GridWorld(max_step=0)
 
 
 # ----------------------------------------------------------------------------------------------------

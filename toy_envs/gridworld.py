@@ -45,6 +45,10 @@ class GridWorld:
     p_move: float = 0.8  # chance that the policy picks among the actions that change the state
     max_step: int = 1  # > 1 adds "up 2" ... "right <max_step>": one action, that many single steps
 
+    def __post_init__(self):
+        if self.max_step < 1:
+            raise ValueError(f"max_step={self.max_step}: it must be at least 1 (1 = one cell per action)")
+
     @property
     def actions(self):
         return [d if k == 1 else f"{d} {k}" for k in range(1, self.max_step + 1) for d in ACTIONS]
