@@ -427,23 +427,27 @@ def heldout_loss(model, examples, batch=256):
 # Warm start and the SFT-based baselines
 
 
+PRETRAIN_WORDS_PER_PAIR = 4  # random action words each unlabelled pair is shown with in pretrain_fwm
+
+
 def pretrain_fwm(fwm, task, labelled, unlabelled, cfg, rng):
     """State-only pretraining: the FWM learns to write y from x on the unlabelled pairs, the action unknown.
     The paper starts from pretrained LLMs, which already write plausible next states and only have to learn
     what the actions do; this is the toy's stand-in. It uses no action label of the unlabelled pairs: each
-    pair is shown with 4 action words drawn at random from the labelled split, so the FWM learns to copy
-    the state and that the action word says nothing (SFT then teaches what it says). A placeholder word
-    such as "?" would not do: it shifts x to other positions than real action words do, and the small
-    FWM's copying is tied to positions, so SFT on real actions would have to learn it again."""
+    pair is shown with PRETRAIN_WORDS_PER_PAIR action words drawn at random from the labelled split, so the
+    FWM learns to copy the state and that the action word says nothing (SFT then teaches what it says). A
+    placeholder word such as "?" would not do: it shifts x to other positions than real action words do,
+    and the small FWM's copying is tied to positions, so SFT on real actions would have to learn it again."""
     words = [t.action for t in labelled]
-    examples = [task.fwm_example(t.x, rng.choice(words), t.y, t.source) for t in unlabelled for _ in range(4)]
+    examples = [task.fwm_example(t.x, rng.choice(words), t.y, t.source) for t in unlabelled
+                for _ in range(PRETRAIN_WORDS_PER_PAIR)]
     sft(fwm, examples, None, cfg, rng, steps=cfg.pretrain_steps, desc="pretrain FWM")
 
 
 def warm_start(fwm, idm, task, labelled, val, cfg, rng, steps=None, desc="sft"):
     """SFT in both directions on labelled transitions: the FWM on y's tokens given (x, z), the IDM on z's
     tokens given (x, y). With shared weights one model learns both. A pretrained FWM (or shared model) is
-    fine-tuned at cfg.finetune_lr: at sft_lr it forgets what pretraining taught within a few hundred steps.
+    fine-tuned at cfg.finetune_lr, as pretrained models are; sft_lr is the rate for learning from scratch.
     Returns (update steps taken, {role: optimiser}) (the optimisers go into checkpoints)."""
     fwm_ex = [task.fwm_example(t.x, t.action, t.y, t.source) for t in labelled]
     idm_ex = [task.idm_example(t.x, t.y, t.action, t.source) for t in labelled]

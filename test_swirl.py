@@ -533,7 +533,8 @@ def test_pretraining_sees_states_and_labelled_words_only(monkeypatch):
     calls = spy_sft(monkeypatch)
     swirl.pretrain_fwm(new(), task, lab, unl, scfg, random.Random(0))
     ((desc, examples, lr, steps),) = calls
-    assert (desc, lr, steps) == ("pretrain FWM", scfg.sft_lr, 3) and len(examples) == 4 * len(unl)
+    assert (desc, lr, steps) == ("pretrain FWM", scfg.sft_lr, 3)
+    assert len(examples) == 4 * len(unl)  # swirl.PRETRAIN_WORDS_PER_PAIR words per pair
     words = {t.action for t in lab}
     for (prompt, target), t in zip(examples, [t for t in unl for _ in range(4)]):
         assert target == data.completion(task.tok, t.y)  # the real next state is the target ...
