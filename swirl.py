@@ -374,7 +374,7 @@ def evaluate(fwm, idm, task, test, idm_counted=None, extra_metrics=None, best_of
                           the toy counts only those that exactly one action explains);
       fwm_exact           FWM's next state given the TRUE action == real next state;
       fwm_exact_inferred  the same given the IDM's inferred action;
-      plus extra_metrics(predicted states, real states) (the toy's per-cell accuracy; BLEU, ROUGE-L).
+      plus extra_metrics(predicted states, real states) (the toy's per-cell accuracy and error kinds; BLEU, ROUGE-L).
     best_of > 1 picks each FWM prediction from best_of samples with the IDM (verified_states)."""
     xs, ys, zs = [t.x for t in test], [t.y for t in test], [t.action for t in test]
     counted = idm_counted if idm_counted is not None else [True] * len(test)

@@ -585,6 +585,24 @@ def test_cell_accuracy_by_hand():
     assert train_toy.cell_accuracy(["ab\ncd", "x"], ["ab\ncc", "xy"])["fwm_cell_acc"] == pytest.approx(5 / 7)
 
 
+def test_error_kinds_by_hand():
+    real = "#A.\n.o.\n..."
+    cases = {
+        real: None,
+        "#A.\n.o.\n..#": "fwm_err_copy",  # only a floor cell wrong
+        "#A.\n..o\n...": "fwm_err_box",  # agent right, box in another cell
+        "#.A\n.o.\n...": "fwm_err_agent",  # agent in another cell (outranks the box)
+        "#.A\n..o\n...": "fwm_err_agent",
+        "#AA\n.o.\n...": "fwm_err_malformed",  # two agents
+        "#A.\n.o.\n..": "fwm_err_malformed",  # a cell missing
+    }
+    for predicted, kind in cases.items():
+        assert train_toy.error_kind(predicted, real) == kind, predicted
+    m = train_toy.toy_metrics(list(cases), [real] * len(cases))
+    assert m["fwm_err_agent"] == pytest.approx(2 / 7) and m["fwm_err_copy"] == pytest.approx(1 / 7)
+    assert sum(m[k] for k in train_toy.ERROR_KINDS) == pytest.approx(6 / 7)  # all but the right one
+
+
 def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
     out = tmp_path / "run"
     train_toy.main([
@@ -601,6 +619,8 @@ def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
     for s in res["stages"]:
         for m in train_toy.METRICS:
             assert 0 <= s[m] <= 1 and s[m + "_std"] >= 0
+        # every held-out prediction is right or wrong in exactly one way (means over seeds keep the sum)
+        assert s["fwm_exact"] + sum(s[k] for k in train_toy.ERROR_KINDS) == pytest.approx(1)
     assert (out / "seed0" / "sft.pt").exists() and (out / "seed1" / "swirl_it2_idm.pt").exists()
     assert "| stage |" in capsys.readouterr().out
 

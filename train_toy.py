@@ -22,7 +22,7 @@ import torch
 import swirl
 from data import Episode, byte_tokenizer, transitions
 from model import GPT, GPTConfig, model_state, save_checkpoint
-from toy_envs import GridWorld, consistent_actions, make_episodes
+from toy_envs import AGENT, BOX, GridWorld, consistent_actions, make_episodes
 
 
 @dataclass
@@ -49,6 +49,12 @@ class ToyConfig:
 
 
 METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_cell_acc"]
+# Where the FWM is wrong (given the true action), as fractions of the held-out transitions; with fwm_exact
+# they sum to 1. Each wrong grid counts once, in the first kind that fits: the grid is malformed (wrong
+# length, or not exactly one agent), the agent is in the wrong cell, a box is, or only wall and floor
+# cells are wrong, which the action did not touch: a copying error. Phase I's reward, log Q(z | x, y_hat),
+# can see the first three (the IDM reads the action from where the agent and box went) but barely the last.
+ERROR_KINDS = ["fwm_err_malformed", "fwm_err_agent", "fwm_err_box", "fwm_err_copy"]
 
 
 def cell_accuracy(predicted, real):
@@ -58,6 +64,25 @@ def cell_accuracy(predicted, real):
         hits += sum(a == b for a, b in zip(p, r))
         total += max(len(p), len(r))
     return {"fwm_cell_acc": hits / max(1, total)}
+
+
+def error_kind(predicted, real):
+    """The first kind of ERROR_KINDS that describes a wrong predicted grid (None if it is right)."""
+    if predicted == real:
+        return None
+    if len(predicted) != len(real) or predicted.count(AGENT) != 1:
+        return "fwm_err_malformed"
+    if predicted.index(AGENT) != real.index(AGENT):
+        return "fwm_err_agent"
+    if [c == BOX for c in predicted] != [c == BOX for c in real]:
+        return "fwm_err_box"
+    return "fwm_err_copy"
+
+
+def toy_metrics(predicted, real):
+    """The toy's extra metrics (see swirl.evaluate): per-cell accuracy and where the FWM is wrong."""
+    kinds = [error_kind(p, r) for p, r in zip(predicted, real)]
+    return {**cell_accuracy(predicted, real), **{k: kinds.count(k) / max(1, len(kinds)) for k in ERROR_KINDS}}
 
 
 def make_world(cfg):
@@ -100,7 +125,7 @@ def run_seed(cfg, scfg, seed):
           f"{len(test)} test transitions; models of {GPT(mcfg).num_params():,} parameters")
     stages, (fwm, idm) = swirl.run_swirl(
         scfg, task, lambda: GPT(mcfg).to(cfg.device), labelled, val, unlabelled, test, seed=seed,
-        idm_counted=identifiable, extra_metrics=cell_accuracy, unlabelled_truth=unlabelled_truth,
+        idm_counted=identifiable, extra_metrics=toy_metrics, unlabelled_truth=unlabelled_truth,
         checkpoint=checkpoint,
     )
     return stages, (fwm, idm, task, test)
@@ -145,6 +170,8 @@ def main(argv):
     over = f"mean ± std over {cfg.seeds} seeds" if cfg.seeds > 1 else "seed 0"
     print(f"\nheld-out results ({over}), {wall:.0f} s:\n")
     print(swirl.format_table(stages, METRICS))
+    print("\nwhere the FWM is wrong (fractions of the held-out transitions; see ERROR_KINDS):\n")
+    print(swirl.format_table(stages, ["fwm_exact"] + ERROR_KINDS))
     drew = plot(stages, os.path.join(cfg.out_dir, "metrics.png"))
     print(f"\nwrote {cfg.out_dir}/results.json" + (f" and {cfg.out_dir}/metrics.png" if drew else ""))
 
