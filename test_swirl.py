@@ -515,6 +515,27 @@ def test_sft_trains_only_the_target_tokens():
     assert loss.item() == pytest.approx(-sum(by_hand) / len(by_hand), abs=1e-5)
 
 
+def test_sft_early_stopping_keeps_the_best_weights_and_says_what_ended_it(capsys):
+    _, scfg, task, new, lab, *_ = tiny_toy()
+    scfg = swirl.replace(scfg, sft_max_steps=20, sft_eval_every=1, sft_patience=2)
+    ex = [task.fwm_example(t.x, t.action, t.y) for t in lab]
+    torch.manual_seed(0)
+    model, seen = new(), []
+    scores = iter([(0.1,), (0.5,), (0.4,), (0.3,), (0.9,)])  # best at step 2, then two checks without a gain
+
+    def val_score(m):
+        seen.append(weights(m))
+        return next(scores)
+
+    steps, _ = swirl.sft(model, ex, val_score, scfg, random.Random(0))
+    assert steps == 4 and len(seen) == 4  # stopped after sft_patience checks without improvement
+    assert same(weights(model), seen[1]) and not same(seen[1], seen[3])  # and restored step 2's weights
+    assert "stopped at step 4 by early stopping; kept step 2" in capsys.readouterr().out
+    rising = iter([(float(i),) for i in range(20)])  # never stops improving: the cap ends it, and says so
+    steps, _ = swirl.sft(new(), ex, lambda m: next(rising), swirl.replace(scfg, sft_max_steps=3), random.Random(0))
+    assert steps == 3 and "stopped at step 3 by the sft_max_steps cap" in capsys.readouterr().out
+
+
 def spy_sft(monkeypatch):
     """Record (desc, examples, peak lr, steps) of every swirl.sft call, then run it."""
     calls = []
@@ -555,8 +576,9 @@ def test_pretrained_fwm_is_fine_tuned_gently_everywhere(monkeypatch):
     swirl.run_swirl(scfg, task, new, lab, val, unl, test, unlabelled_truth=lab, log=lambda *_: None)
     lrs = {desc: lr for desc, _, lr, _ in calls}
     assert calls[0][0] == "pretrain FWM" and lrs["pretrain FWM"] == scfg.sft_lr
-    for stage in ("sft", "bootstrap", "sft_continue", "oracle"):
+    for stage in ("sft", "bootstrap", "oracle"):
         assert lrs[stage + " FWM"] == 1e-4 and lrs[stage + " IDM"] == scfg.sft_lr  # the IDM is not pretrained
+    assert lrs["sft_continue FWM"] == lrs["sft_continue IDM"] == scfg.lr  # SWIRL's rate, as in its phases
     torch.manual_seed(0)  # as run_swirl does before it builds its models
     untrained = weights(new())
     assert same(seen["oracle"], seen["sft"]) and not same(seen["sft"], untrained)  # both start pretrained
