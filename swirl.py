@@ -65,7 +65,7 @@ class SwirlConfig:
     steps_per_phase: int = 100  # GRPO steps in each phase
     prompts_per_step: int = 16  # real pairs (x, y) per GRPO step
     group_size: int = 8  # G: samples per prompt
-    lr: float = 1e-4  # GRPO learning rate (3e-4 lowered the toy FWM's exact match by 4 points; see README)
+    lr: float = 1e-4  # GRPO learning rate (the toy uses 3e-4 with its pretrained FWM; see train_toy.TOY_SWIRL)
     beta: float = 1.0  # KL weight to the reference (1 is what the ELBO asks for)
     loss_type: str = "grpo"
     scale_rewards: bool = True  # False: Dr. GRPO advantages r - mean(r), no division by the group's std
@@ -465,9 +465,21 @@ def warm_start(fwm, idm, task, labelled, val, cfg, rng, steps=None, desc="sft"):
 
 
 def pseudo_label(idm, task, unlabelled, cfg):
-    """Bootstrap's data: the unlabelled pairs with the IDM's greedy action, confident ones only."""
+    """Bootstrap's data: the unlabelled pairs with the IDM's greedy action, confident ones only.
+    Returns (those pairs, their indices in unlabelled)."""
     z, conf = infer_actions(idm, task, unlabelled)
-    return [replace_action(t, zi) for t, zi, c in zip(unlabelled, z, conf.tolist()) if c >= cfg.confidence]
+    kept = [k for k, c in enumerate(conf.tolist()) if c >= cfg.confidence]
+    return [replace_action(unlabelled[k], z[k]) for k in kept], kept
+
+
+def pseudo_label_report(pseudo, kept, unlabelled, truth, cfg):
+    """How many pairs Bootstrap labelled and, when the hidden actions are known (the toy), how many of its
+    labels are right: the filter is meant to keep the right ones. A report only; nothing trains on truth."""
+    text = f"bootstrap: the IDM labelled {len(pseudo)} of {len(unlabelled)} unlabelled pairs with confidence >= {cfg.confidence}"
+    if truth is not None and pseudo:
+        right = sum(p.action == truth[k].action for p, k in zip(pseudo, kept))
+        text += f"; {right / len(pseudo):.1%} of those labels are the hidden true action"
+    return text
 
 
 def replace_action(t, action):
@@ -559,7 +571,8 @@ def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm
 
     log("baselines")
     f, i = copies(*sft_models)
-    pseudo = pseudo_label(i, task, unlabelled, cfg)
+    pseudo, kept = pseudo_label(i, task, unlabelled, cfg)
+    log(pseudo_label_report(pseudo, kept, unlabelled, unlabelled_truth, cfg))
     warm_start(f, i, task, labelled + pseudo, val, cfg, rng, desc="bootstrap")
     record("bootstrap", f, i)
     f, i = copies(*sft_models)

@@ -474,8 +474,11 @@ def test_confidence_filter_drops_what_it_should(monkeypatch):
     pairs = unl[:4]
     fake = (["up", "down", "left", "right"], torch.tensor([0.9, 0.2, 0.5, 0.49]))
     monkeypatch.setattr(swirl, "infer_actions", lambda *a: fake)
-    kept = swirl.pseudo_label(None, task, pairs, scfg)
-    assert [(t.x, t.action) for t in kept] == [(pairs[0].x, "up"), (pairs[2].x, "left")]
+    kept, where = swirl.pseudo_label(None, task, pairs, scfg)
+    assert [(t.x, t.action) for t in kept] == [(pairs[0].x, "up"), (pairs[2].x, "left")] and where == [0, 2]
+    truth = [swirl.replace_action(p, a) for p, a in zip(pairs, ["up", "up", "down", "up"])]
+    report = swirl.pseudo_label_report(kept, where, pairs, truth, scfg)  # "up" right, "left" wrong
+    assert "labelled 2 of 4 unlabelled pairs" in report and "50.0% of those labels" in report
     scfg.confidence = 0.95
     stats = swirl.phase_fwm(new(), new(), None, task, pairs, scfg, random.Random(0), torch.Generator())
     assert stats == {"kept_frac": 0.0}  # nothing confident: Phase I makes no update
@@ -635,6 +638,8 @@ def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
     ])
     res = json.loads((out / "results.json").read_text())
     assert set(res) == {"config", "wall_seconds", "stages"} and res["config"]["seeds"] == 2
+    assert res["config"]["lr"] == train_toy.TOY_SWIRL["lr"]  # the toy's defaults reach the run, options win
+    assert res["config"]["pretrain_steps"] == 3 != train_toy.TOY_SWIRL["pretrain_steps"]
     names = [s["stage"] for s in res["stages"]]
     assert names == ["sft", "swirl_it1_fwm", "swirl_it1_idm", "swirl_it2_fwm", "swirl_it2_idm", "bootstrap",
                      "sft_continue", "best_of_2", "best_of_4", "best_of_8", "oracle"]

@@ -13,10 +13,11 @@ into a wall, off the grid, or push a box into something. Every episode draws a n
 agent, box), so a world model must learn the rules, not memorise a map. With max_step=2 the world
 also has "up 2" ... "right 2": two single steps in one action (blocked half-way, it moves one cell).
 
-Why this world fits the paper's regime: reading the action back from (x, y) is easy (find where 'A'
-went), so a small labelled set trains a decent inverse model; writing the next grid is harder (copy
-25 cells, move the agent, push the box, respect the walls), so the forward model stays weak. That is
-the setting where the IDM can teach the FWM.
+Why this world fits the paper's regime: reading the action back from (x, y) needs only where 'A' went,
+while writing the next grid needs every cell (copy the grid, move the agent, push the box, respect the
+walls), so from few labels neither model is good. train_toy.py pretrains the FWM on the states first
+(the paper's models are pretrained LLMs), which teaches it to copy; what both models then get wrong
+is the action: where the agent goes, and which action moved it. That is what SWIRL's two rewards see.
 
 Steps that change nothing (the agent blocked) make the action unidentifiable: several actions explain
 the same (x, y). They stay in the episodes, as they would in real logs. `consistent_actions(x, y)`
