@@ -56,6 +56,7 @@ class SwirlConfig:
     sft_max_steps: int = 6000  # a cap, and the cosine's horizon; early stopping should end SFT well before it
     sft_eval_every: int = 250  # steps between checks on the held-out labelled split
     sft_patience: int = 4  # checks without improvement before early stopping
+    sft_restarts: int = 1  # SFT of a model from scratch: this many initialisations, keep the best held-out one
     pretrain_steps: int = 0  # state-only pretraining of the FWM before SFT (see pretrain_fwm); 0: none
     finetune_lr: float = 3e-4  # SFT's peak lr for a pretrained model (fine-tuning, not learning from scratch)
     # SWIRL iterations
@@ -434,34 +435,63 @@ def heldout_loss(model, examples, batch=256):
 PRETRAIN_WORDS_PER_PAIR = 4  # random action words each unlabelled pair is shown with in pretrain_fwm
 
 
-def pretrain_fwm(fwm, task, labelled, unlabelled, cfg, rng):
-    """State-only pretraining: the FWM learns to write y from x on the unlabelled pairs, the action unknown.
+def pretrain_fwm(fwm, task, labelled, pairs, cfg, rng):
+    """State-only pretraining: the FWM learns to write y from x on state-only pairs (the unlabelled
+    ones, or a corpus of their own: run_swirl's pretrain_pairs), the action unknown.
     The paper starts from pretrained LLMs, which already write plausible next states and only have to learn
-    what the actions do; this is the toy's stand-in. It uses no action label of the unlabelled pairs: each
+    what the actions do; this is the toy's stand-in. It uses no action label of those pairs: each
     pair is shown with PRETRAIN_WORDS_PER_PAIR action words drawn at random from the labelled split, so the
     FWM learns to copy the state and that the action word says nothing (SFT then teaches what it says). A
     placeholder word such as "?" would not do: it shifts x to other positions than real action words do,
     and the small FWM's copying is tied to positions, so SFT on real actions would have to learn it again."""
     words = [t.action for t in labelled]
-    examples = [task.fwm_example(t.x, rng.choice(words), t.y, t.source) for t in unlabelled
+    examples = [task.fwm_example(t.x, rng.choice(words), t.y, t.source) for t in pairs
                 for _ in range(PRETRAIN_WORDS_PER_PAIR)]
     sft(fwm, examples, None, cfg, rng, steps=cfg.pretrain_steps, desc="pretrain FWM")
 
 
-def warm_start(fwm, idm, task, labelled, val, cfg, rng, steps=None, desc="sft"):
+def warm_start(fwm, idm, task, labelled, val, cfg, rng, steps=None, desc="sft", new_model=None):
     """SFT in both directions on labelled transitions: the FWM on y's tokens given (x, z), the IDM on z's
     tokens given (x, y). With shared weights one model learns both. A pretrained FWM (or shared model) is
     fine-tuned at cfg.finetune_lr, as pretrained models are; sft_lr is the rate for learning from scratch.
+    new_model: given when the models are at their initial weights (the warm start and the oracle); a model
+    that is not pretrained then learns from cfg.sft_restarts initialisations (sft_from_scratch).
     Returns (update steps taken, {role: optimiser}) (the optimisers go into checkpoints)."""
     fwm_ex = [task.fwm_example(t.x, t.action, t.y, t.source) for t in labelled]
     idm_ex = [task.idm_example(t.x, t.y, t.action, t.source) for t in labelled]
     fwm_cfg = replace(cfg, sft_lr=cfg.finetune_lr) if cfg.pretrain_steps else cfg
+    restart = new_model if steps is None else None  # a fixed number of steps (sft_continue) never restarts
+    restart_fwm = None if cfg.pretrain_steps else restart  # a pretrained start is not thrown away
     if fwm is idm:
-        n, opt = sft(fwm, fwm_ex + idm_ex, val_scorer(task, val, "both"), fwm_cfg, rng, steps, desc)
+        n, opt = sft_from_scratch(fwm, restart_fwm, fwm_ex + idm_ex, val_scorer(task, val, "both"), fwm_cfg, rng,
+                                  steps, desc)
         return n, {"shared": opt}
-    n_fwm, opt_fwm = sft(fwm, fwm_ex, val_scorer(task, val, "fwm"), fwm_cfg, rng, steps, desc + " FWM")
-    n_idm, opt_idm = sft(idm, idm_ex, val_scorer(task, val, "idm"), cfg, rng, steps, desc + " IDM")
+    n_fwm, opt_fwm = sft_from_scratch(fwm, restart_fwm, fwm_ex, val_scorer(task, val, "fwm"), fwm_cfg, rng, steps,
+                                      desc + " FWM")
+    n_idm, opt_idm = sft_from_scratch(idm, restart, idm_ex, val_scorer(task, val, "idm"), cfg, rng, steps, desc + " IDM")
     return n_fwm + n_idm, {"fwm": opt_fwm, "idm": opt_idm}
+
+
+def sft_from_scratch(model, new_model, examples, val_score, cfg, rng, steps, desc):
+    """sft(), and when new_model is given, again from cfg.sft_restarts - 1 fresh initialisations (new_model()),
+    keeping the weights with the best held-out score. A small model learning from a hundred examples ends
+    wherever its initialisation and batch order lead: the toy's IDM, on seed 0's 96 labelled transitions,
+    scored 0.69, 0.59 and 0.40 action accuracy on held-out steps from three starts, and its score on the
+    held-out labelled split ranked them the same way (README, "What we tried"). Choosing among starts on
+    held-out labels is what any practitioner would do; the test set is never looked at.
+    Returns (steps taken over all starts, the kept run's optimiser)."""
+    if new_model is None or cfg.sft_restarts <= 1:
+        return sft(model, examples, val_score, cfg, rng, steps, desc)
+    runs = []
+    for start in range(cfg.sft_restarts):
+        candidate = model if start == 0 else new_model()
+        n, opt = sft(candidate, examples, val_score, cfg, rng, steps, f"{desc} (start {start + 1})")
+        runs.append((val_score(candidate), start, n, candidate, opt))
+    score, best, _, kept, opt = max(runs, key=lambda r: (r[0], -r[1]))  # ties: the earliest start
+    if world()[0] == 0:
+        print(f"{desc}: kept start {best + 1} of {cfg.sft_restarts} (held-out score {score[0]:.3f})")
+    model.load_state_dict(kept.state_dict())
+    return sum(r[2] for r in runs), opt
 
 
 def pseudo_label(idm, task, unlabelled, cfg):
@@ -496,12 +526,14 @@ def copies(fwm, idm):
 
 
 def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm_counted=None,
-              extra_metrics=None, unlabelled_truth=None, checkpoint=None, resume=None, stop_after=None, log=print):
+              extra_metrics=None, unlabelled_truth=None, pretrain_pairs=None, checkpoint=None, resume=None,
+              stop_after=None, log=print):
     """SFT, SWIRL iterations and the baselines on one seed. Returns (stages, (fwm, idm)) with stages a
     list of {"stage": name, metrics}.
 
     labelled / val / test: transitions with actions; unlabelled: without (SWIRL never sees their actions).
     unlabelled_truth: the same unlabelled transitions with their true actions, for the oracle only.
+    pretrain_pairs: state-only pairs for pretrain_fwm (None: the unlabelled pairs).
     new_model(): a freshly initialised GPT.
     checkpoint(name, fwm, idm, state): called after SFT and after each phase with the models and everything
     needed to go on (see `run_state`); resume: such a state, to continue an interrupted run where it stopped, with the
@@ -515,8 +547,9 @@ def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm
     fwm = new_model()
     idm = fwm if cfg.shared else new_model()
     if cfg.pretrain_steps and resume is None:
-        log(f"state-only pretraining of the FWM on {len(unlabelled)} unlabelled pairs ({cfg.pretrain_steps} steps)")
-        pretrain_fwm(fwm, task, labelled, unlabelled, cfg, rng)
+        corpus, what = (unlabelled, "unlabelled") if pretrain_pairs is None else (pretrain_pairs, "pretraining")
+        log(f"state-only pretraining of the FWM on {len(corpus)} {what} pairs ({cfg.pretrain_steps} steps)")
+        pretrain_fwm(fwm, task, labelled, corpus, cfg, rng)
     init = copies(fwm, idm)  # every SFT baseline, the oracle included, starts from these weights
     refs = sft_models = None
     stages, swirl_steps = [], 0
@@ -542,7 +575,7 @@ def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm
 
     if "sft" not in done:
         log(f"SFT warm start on {len(labelled)} labelled transitions (early-stopped on {len(val)} held-out ones)")
-        _, opts = warm_start(fwm, idm, task, labelled, val, cfg, rng)
+        _, opts = warm_start(fwm, idm, task, labelled, val, cfg, rng, new_model=new_model)
         record("sft", fwm, idm)
         sft_models = copies(fwm, idm)
         if save("sft", opts):
@@ -587,7 +620,7 @@ def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm
         record(f"best_of_{n}", *sft_models, best_of=n)
     if unlabelled_truth is not None:
         f, i = init
-        warm_start(f, i, task, labelled + unlabelled_truth, val, cfg, rng, desc="oracle")
+        warm_start(f, i, task, labelled + unlabelled_truth, val, cfg, rng, desc="oracle", new_model=new_model)
         record("oracle", f, i)
     return stages, (fwm, idm)
 

@@ -403,10 +403,11 @@ import train_toy  # noqa: E402
 
 def tiny_toy(shared=False, **over):
     cfg = train_toy.ToyConfig(size=3, n_walls=1, episode_len=3, labelled_episodes=6, val_episodes=2,
-                              unlabelled_episodes=4, test_episodes=2, n_layer=1, n_head=2, n_embd=16)
+                              unlabelled_episodes=4, test_episodes=2, pretrain_episodes=0, n_layer=1, n_head=2,
+                              n_embd=16)
     scfg = swirl.SwirlConfig(sft_max_steps=4, sft_eval_every=2, steps_per_phase=2, prompts_per_step=2,
                              group_size=2, shared=shared, best_of="2", **over)
-    lab, val, unl, unl_truth, test = train_toy.make_data(cfg, 0)
+    lab, val, unl, unl_truth, test, _ = train_toy.make_data(cfg, 0)
     tok = data.byte_tokenizer()
     task = swirl.make_task(tok, 48, lab, unl, shared)
     new = lambda: GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=48, n_layer=1, n_head=2, n_embd=16))
@@ -565,6 +566,59 @@ def test_pretraining_sees_states_and_labelled_words_only(monkeypatch):
         assert any(prompt == task.fwm_example(t.x, w)[0] for w in words)  # ... the action a labelled word
 
 
+def test_pretraining_corpus_of_its_own(monkeypatch):
+    """--pretrain_episodes draws extra episodes after the others: the four splits stay as they were, the
+    corpus shares no episode with them, and run_swirl pretrains on it instead of the unlabelled pairs."""
+    cfg, scfg, task, new, lab, val, unl, test = tiny_toy(pretrain_steps=1)
+    before = train_toy.make_data(cfg, 0)
+    cfg.pretrain_episodes = 3
+    after = train_toy.make_data(cfg, 0)
+    assert before[:5] == after[:5] and before[5] == [] and len(after[5]) == 3 * cfg.episode_len
+    corpus = after[5]
+    assert not {t.source for t in corpus} & {t.source for split in after[:5] for t in split}  # "toy episode i"
+    assert all(t.action is None for t in corpus)
+    seen = []
+    monkeypatch.setattr(swirl, "pretrain_fwm", lambda fwm, task, labelled, pairs, cfg, rng: seen.append(pairs))
+    swirl.run_swirl(scfg, task, new, lab, val, unl, test, pretrain_pairs=corpus, stop_after="sft", log=lambda *a: None)
+    swirl.run_swirl(scfg, task, new, lab, val, unl, test, stop_after="sft", log=lambda *a: None)
+    assert seen == [corpus, unl]
+
+
+def test_sft_from_scratch_keeps_the_best_held_out_start(monkeypatch):
+    """Each start trains a fresh model; the one with the best held-out score is copied into the model."""
+    _, scfg, task, new, lab, val, unl, test = tiny_toy(sft_restarts=3)
+    scores = iter([0.2, 0.9, 0.5])
+
+    def fake_sft(model, examples, val_score, cfg, rng, steps=None, desc="sft"):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(next(scores))
+                break
+        return 7, None
+
+    monkeypatch.setattr(swirl, "sft", fake_sft)
+    first = lambda m: (next(m.parameters()).flatten()[0].item(),)  # the held-out score: the value we wrote
+    model = new()
+    n, _ = swirl.sft_from_scratch(model, new, [], first, scfg, random.Random(0), None, "idm")
+    assert n == 21 and first(model) == pytest.approx((0.9,))
+    scores = iter([0.4])  # no new_model (Bootstrap fine-tunes the SFT models): one run, no restart
+    n, _ = swirl.sft_from_scratch(model, None, [], first, scfg, random.Random(0), None, "idm")
+    assert n == 7 and first(model) == pytest.approx((0.4,))
+
+
+def test_only_the_models_at_their_initial_weights_restart(monkeypatch):
+    cfg, scfg, task, new, lab, val, unl, test = tiny_toy(sft_restarts=2, pretrain_steps=1, confidence=0.0)
+    truth = train_toy.make_data(cfg, 0)[3]
+    calls = spy_sft(monkeypatch)
+    swirl.run_swirl(scfg, task, new, lab, val, unl, test, unlabelled_truth=truth, log=lambda *a: None)
+    descs = [c[0] for c in calls]
+    for stage in ("sft", "oracle"):  # the IDM learns from scratch: two starts; the pretrained FWM: one
+        assert descs.count(f"{stage} IDM (start 1)") == descs.count(f"{stage} IDM (start 2)") == 1
+        assert descs.count(f"{stage} FWM") == 1
+    assert {"bootstrap FWM", "bootstrap IDM", "sft_continue FWM", "sft_continue IDM"} <= set(descs)
+    assert not [d for d in descs if "start" in d and d.split()[0] not in ("sft", "oracle")]
+
+
 def test_pretrained_fwm_is_fine_tuned_gently_everywhere(monkeypatch):
     _, scfg, task, new, lab, val, unl, test = tiny_toy(pretrain_steps=2, finetune_lr=1e-4, confidence=0.0)
     calls = spy_sft(monkeypatch)
@@ -635,6 +689,7 @@ def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
         "--val_episodes=2", "--unlabelled_episodes=4", "--test_episodes=2", "--n_layer=1", "--n_head=2",
         "--n_embd=16", "--sft_max_steps=4", "--sft_eval_every=2", "--steps_per_phase=2", "--prompts_per_step=2",
         "--group_size=2", "--iterations=2", "--seeds=2", "--confidence=0.0", "--pretrain_steps=3",
+        "--pretrain_episodes=3",
     ])
     res = json.loads((out / "results.json").read_text())
     assert set(res) == {"config", "wall_seconds", "stages"} and res["config"]["seeds"] == 2

@@ -37,6 +37,8 @@ class ToyConfig:
     val_episodes: int = 25  # with actions: early stopping of every SFT
     unlabelled_episodes: int = 200  # actions hidden: SWIRL's data
     test_episodes: int = 100  # held out: metrics only
+    pretrain_episodes: int = 0  # 0: the FWM is pretrained on the unlabelled split's states; N > 0: on N
+    # episodes of their own, a stand-in for the text an LLM was pretrained on (README, "What we tried")
     # the two models (each a small GPT over bytes)
     n_layer: int = 2
     n_head: int = 4
@@ -99,25 +101,28 @@ def make_world(cfg):
 
 
 def make_data(cfg, seed):
-    """Episodes -> labelled / val / unlabelled / test transitions. Episodes are split, never steps."""
+    """Episodes -> labelled / val / unlabelled / test / pretraining transitions. Episodes are split, never
+    steps; the pretraining episodes come last, so the other splits do not depend on how many there are."""
     world = make_world(cfg)
-    counts = [cfg.labelled_episodes, cfg.val_episodes, cfg.unlabelled_episodes, cfg.test_episodes]
+    counts = [cfg.labelled_episodes, cfg.val_episodes, cfg.unlabelled_episodes, cfg.test_episodes,
+              cfg.pretrain_episodes]
     states, actions = make_episodes(world, sum(counts), seed)
     episodes = [Episode(s, a, f"toy episode {i}") for i, (s, a) in enumerate(zip(states, actions))]
     parts, start = [], 0
     for n in counts:
         parts.append(transitions(episodes[start : start + n]))
         start += n
-    labelled, val, unlabelled_truth, test = parts
+    labelled, val, unlabelled_truth, test, pretrain = parts
     unlabelled = [swirl.replace_action(t, None) for t in unlabelled_truth]  # SWIRL never sees these actions
-    return labelled, val, unlabelled, unlabelled_truth, test
+    pretrain = [swirl.replace_action(t, None) for t in pretrain]  # states only, like every pretraining corpus
+    return labelled, val, unlabelled, unlabelled_truth, test, pretrain
 
 
 def run_seed(cfg, scfg, seed):
-    labelled, val, unlabelled, unlabelled_truth, test = make_data(cfg, seed)
+    labelled, val, unlabelled, unlabelled_truth, test, pretrain = make_data(cfg, seed)
     tok = byte_tokenizer()
     block = 2 * (cfg.size * (cfg.size + 1)) + 16  # two grids + the longest action + markers
-    task = swirl.make_task(tok, block, labelled, unlabelled, scfg.shared)
+    task = swirl.make_task(tok, block, labelled, unlabelled + pretrain, scfg.shared)
     task.state_ids, task.action_ids = task.state_ids.to(cfg.device), task.action_ids.to(cfg.device)
     mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block, n_layer=cfg.n_layer, n_head=cfg.n_head,
                      n_embd=cfg.n_embd)
@@ -135,7 +140,7 @@ def run_seed(cfg, scfg, seed):
     stages, (fwm, idm) = swirl.run_swirl(
         scfg, task, lambda: GPT(mcfg).to(cfg.device), labelled, val, unlabelled, test, seed=seed,
         idm_counted=identifiable, extra_metrics=toy_metrics, unlabelled_truth=unlabelled_truth,
-        checkpoint=checkpoint,
+        pretrain_pairs=pretrain or None, checkpoint=checkpoint,
     )
     return stages, (fwm, idm, task, test)
 
