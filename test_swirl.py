@@ -591,9 +591,7 @@ def test_sft_from_scratch_keeps_the_best_held_out_start(monkeypatch):
 
     def fake_sft(model, examples, val_score, cfg, rng, steps=None, desc="sft"):
         with torch.no_grad():
-            for p in model.parameters():
-                p.fill_(next(scores))
-                break
+            next(model.parameters()).fill_(next(scores))
         return 7, None
 
     monkeypatch.setattr(swirl, "sft", fake_sft)
