@@ -455,7 +455,7 @@ def warm_start(fwm, idm, task, labelled, val, cfg, rng, steps=None, desc="sft", 
     tokens given (x, y). With shared weights one model learns both. A pretrained FWM (or shared model) is
     fine-tuned at cfg.finetune_lr, as pretrained models are; sft_lr is the rate for learning from scratch.
     new_model: given when the models are at their initial weights (the warm start and the oracle); a model
-    that is not pretrained then learns from cfg.sft_restarts initialisations (sft_from_scratch).
+    that is not pretrained then learns from cfg.sft_restarts initialisations (sft_with_restarts).
     Returns (update steps taken, {role: optimiser}) (the optimisers go into checkpoints)."""
     fwm_ex = [task.fwm_example(t.x, t.action, t.y, t.source) for t in labelled]
     idm_ex = [task.idm_example(t.x, t.y, t.action, t.source) for t in labelled]
@@ -463,16 +463,16 @@ def warm_start(fwm, idm, task, labelled, val, cfg, rng, steps=None, desc="sft", 
     restart = new_model if steps is None else None  # a fixed number of steps (sft_continue) never restarts
     restart_fwm = None if cfg.pretrain_steps else restart  # a pretrained start is not thrown away
     if fwm is idm:
-        n, opt = sft_from_scratch(fwm, restart_fwm, fwm_ex + idm_ex, val_scorer(task, val, "both"), fwm_cfg, rng,
+        n, opt = sft_with_restarts(fwm, restart_fwm, fwm_ex + idm_ex, val_scorer(task, val, "both"), fwm_cfg, rng,
                                   steps, desc)
         return n, {"shared": opt}
-    n_fwm, opt_fwm = sft_from_scratch(fwm, restart_fwm, fwm_ex, val_scorer(task, val, "fwm"), fwm_cfg, rng, steps,
+    n_fwm, opt_fwm = sft_with_restarts(fwm, restart_fwm, fwm_ex, val_scorer(task, val, "fwm"), fwm_cfg, rng, steps,
                                       desc + " FWM")
-    n_idm, opt_idm = sft_from_scratch(idm, restart, idm_ex, val_scorer(task, val, "idm"), cfg, rng, steps, desc + " IDM")
+    n_idm, opt_idm = sft_with_restarts(idm, restart, idm_ex, val_scorer(task, val, "idm"), cfg, rng, steps, desc + " IDM")
     return n_fwm + n_idm, {"fwm": opt_fwm, "idm": opt_idm}
 
 
-def sft_from_scratch(model, new_model, examples, val_score, cfg, rng, steps, desc):
+def sft_with_restarts(model, new_model, examples, val_score, cfg, rng, steps, desc):
     """sft(), and when new_model is given, again from cfg.sft_restarts - 1 fresh initialisations (new_model()),
     keeping the weights with the best held-out score. A small model learning from a hundred examples ends
     wherever its initialisation and batch order lead: the toy's IDM, on seed 0's 96 labelled transitions,

@@ -584,7 +584,7 @@ def test_pretraining_corpus_of_its_own(monkeypatch):
     assert seen == [corpus, unl]
 
 
-def test_sft_from_scratch_keeps_the_best_held_out_start(monkeypatch):
+def test_sft_with_restarts_keeps_the_best_held_out_start(monkeypatch):
     """Each start trains a fresh model; the one with the best held-out score is copied into the model."""
     _, scfg, task, new, lab, val, unl, test = tiny_toy(sft_restarts=3)
     scores = iter([0.2, 0.9, 0.5])
@@ -597,10 +597,10 @@ def test_sft_from_scratch_keeps_the_best_held_out_start(monkeypatch):
     monkeypatch.setattr(swirl, "sft", fake_sft)
     first = lambda m: (next(m.parameters()).flatten()[0].item(),)  # the held-out score: the value we wrote
     model = new()
-    n, _ = swirl.sft_from_scratch(model, new, [], first, scfg, random.Random(0), None, "idm")
+    n, _ = swirl.sft_with_restarts(model, new, [], first, scfg, random.Random(0), None, "idm")
     assert n == 21 and first(model) == pytest.approx((0.9,))
     scores = iter([0.4])  # no new_model (Bootstrap fine-tunes the SFT models): one run, no restart
-    n, _ = swirl.sft_from_scratch(model, None, [], first, scfg, random.Random(0), None, "idm")
+    n, _ = swirl.sft_with_restarts(model, None, [], first, scfg, random.Random(0), None, "idm")
     assert n == 7 and first(model) == pytest.approx((0.4,))
 
 
