@@ -482,16 +482,19 @@ def sft_with_restarts(model, new_model, examples, val_score, cfg, rng, steps, de
     Returns (steps taken over all starts, the kept run's optimiser)."""
     if new_model is None or cfg.sft_restarts <= 1:
         return sft(model, examples, val_score, cfg, rng, steps, desc)
-    runs = []
+    best, total = None, 0  # best: (held-out score, start, model, optimiser); a worse start is dropped at once
     for start in range(cfg.sft_restarts):
         candidate = model if start == 0 else new_model()
         n, opt = sft(candidate, examples, val_score, cfg, rng, steps, f"{desc} (start {start + 1})")
-        runs.append((val_score(candidate), start, n, candidate, opt))
-    score, best, _, kept, opt = max(runs, key=lambda r: (r[0], -r[1]))  # ties: the earliest start
+        total += n
+        score = val_score(candidate)
+        if best is None or score > best[0]:  # ties: the earliest start
+            best = (score, start, candidate, opt)
+    score, start, kept, opt = best
     if world()[0] == 0:
-        print(f"{desc}: kept start {best + 1} of {cfg.sft_restarts} (held-out score {score[0]:.3f})")
+        print(f"{desc}: kept start {start + 1} of {cfg.sft_restarts} (held-out score {score[0]:.3f})")
     model.load_state_dict(kept.state_dict())
-    return sum(r[2] for r in runs), opt
+    return total, opt
 
 
 def pseudo_label(idm, task, unlabelled, cfg):
