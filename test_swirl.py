@@ -342,6 +342,33 @@ def test_split_by_episode_is_disjoint_and_seeded():
     assert [e.states for e in data.split_episodes(eps, [0.5, 0.5], seed=1)[0]] == [e.states for e in a]
 
 
+def test_patrolling_logs():
+    """--patrol: the unlabelled and pretraining episodes come from an agent that mostly moves left or right,
+    the labelled, val and test episodes from the even policy; at patrol = 0 the splits are exactly the
+    episodes that one make_episodes call over all of them draws (how make_data drew them before the option)."""
+    cfg, *_ = tiny_toy()
+    cfg.labelled_episodes = cfg.unlabelled_episodes = cfg.test_episodes = cfg.pretrain_episodes = 40
+    counts = [cfg.labelled_episodes, cfg.val_episodes, cfg.unlabelled_episodes, cfg.test_episodes, 40]
+    states, actions = make_episodes(train_toy.make_world(cfg), sum(counts), 0)
+    steps, start = [], 0
+    for n in counts:
+        steps.append([(x, a) for ep, acts in zip(states[start : start + n], actions[start : start + n])
+                      for x, a in zip(ep, acts)])
+        start += n
+    lab, val, unl, truth, test, pretrain = train_toy.make_data(cfg, 0)
+    assert [[(t.x, t.action) for t in split] for split in (lab, val, truth, test)] == steps[:4]
+    assert [t.x for t in pretrain] == [x for x, _ in steps[4]]
+
+    def along_rows(split):  # share of the steps that moved left or right, of those where one of them could
+        rows = [t.action in ("left", "right") for t in split if any(step(t.x, a) != t.x for a in ("left", "right"))]
+        return sum(rows) / len(rows)
+
+    cfg.patrol = 0.9
+    lab, val, unl, truth, test, pretrain = train_toy.make_data(cfg, 0)
+    assert along_rows(truth) > 0.85 and along_rows(lab) < 0.7 and along_rows(test) < 0.7
+    assert all(t.action is None for t in unl + pretrain)
+
+
 # ----------------------------------------------------------------------------------------------------
 # toy_envs/
 
@@ -389,6 +416,8 @@ def test_two_cell_actions_by_hand():
     assert all(step(s[t], a[t]) == s[t + 1] for s, a in zip(states, actions) for t in range(len(a)))
     with pytest.raises(ValueError, match="max_step=0: it must be at least 1"):
         GridWorld(max_step=0)
+    with pytest.raises(ValueError, match="patrol=1.5: it is a probability"):
+        GridWorld(patrol=1.5)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -649,6 +678,8 @@ def test_parse_options_rejects_unknown_and_converts():
         swirl.parse_options(["--seeds=two"], cfg)
     with pytest.raises(SystemExit, match="--key=value"):
         swirl.parse_options(["seeds"], cfg)
+    with pytest.raises(SystemExit, match="error: patrol=2.0: it is a probability"):
+        train_toy.main(["--patrol=2"])  # a bad world option: one line, before any training
 
 
 def test_mean_over_seeds_and_table():

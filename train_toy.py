@@ -15,8 +15,9 @@ Read this file after swirl.py; it is only glue.
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 import swirl
@@ -39,6 +40,8 @@ class ToyConfig:
     test_episodes: int = 100  # held out: metrics only
     pretrain_episodes: int = 0  # 0: the FWM is pretrained on the unlabelled split's states; N > 0: on N
     # episodes of their own, a stand-in for the text an LLM was pretrained on (README, "What we tried")
+    patrol: float = 0.0  # > 0: the unlabelled (and pretraining) logs come from an agent that moves left or
+    # right with this chance; the labelled, val and test episodes keep the even policy (README, "What we tried")
     # the two models (each a small GPT over bytes)
     n_layer: int = 2
     n_head: int = 4
@@ -100,17 +103,26 @@ def make_world(cfg):
     return GridWorld(cfg.size, cfg.n_walls, cfg.n_boxes, cfg.episode_len, max_step=cfg.max_step)
 
 
+def log_world(cfg):
+    """The world as the state-only logs were made: the same rules, the logging agent's own policy."""
+    return replace(make_world(cfg), patrol=cfg.patrol)
+
+
 def make_data(cfg, seed):
     """Episodes -> labelled / val / unlabelled / test / pretraining transitions. Episodes are split, never
-    steps; the pretraining episodes come last, so the other splits do not depend on how many there are."""
+    steps; the pretraining episodes come last, so the other splits do not depend on how many there are.
+    With --patrol the unlabelled split draws other numbers, so the test split that follows is other episodes
+    (of the same even policy)."""
     world = make_world(cfg)
-    counts = [cfg.labelled_episodes, cfg.val_episodes, cfg.unlabelled_episodes, cfg.test_episodes,
-              cfg.pretrain_episodes]
-    states, actions = make_episodes(world, sum(counts), seed)
-    episodes = [Episode(s, a, f"toy episode {i}") for i, (s, a) in enumerate(zip(states, actions))]
+    logs = log_world(cfg)
+    splits = [(cfg.labelled_episodes, world), (cfg.val_episodes, world), (cfg.unlabelled_episodes, logs),
+              (cfg.test_episodes, world), (cfg.pretrain_episodes, logs)]
+    rng = np.random.default_rng(seed)  # one stream through every split
     parts, start = [], 0
-    for n in counts:
-        parts.append(transitions(episodes[start : start + n]))
+    for n, policy in splits:
+        states, actions = make_episodes(policy, n, rng)
+        parts.append(transitions([Episode(s, a, f"toy episode {start + i}")
+                                  for i, (s, a) in enumerate(zip(states, actions))]))
         start += n
     labelled, val, unlabelled_truth, test, pretrain = parts
     unlabelled = [swirl.replace_action(t, None) for t in unlabelled_truth]  # SWIRL never sees these actions
@@ -168,6 +180,10 @@ def plot(stages, path):
 
 def main(argv):
     cfg, scfg = swirl.parse_options(argv, ToyConfig(), swirl.SwirlConfig(**TOY_SWIRL))
+    try:
+        log_world(cfg)  # a bad world option (--max_step=0, --patrol=2) stops here, before any training
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
     runs = []

@@ -45,10 +45,13 @@ class GridWorld:
     episode_len: int = 8  # actions per episode (so episode_len + 1 states)
     p_move: float = 0.8  # chance that the policy picks among the actions that change the state
     max_step: int = 1  # > 1 adds "up 2" ... "right <max_step>": one action, that many single steps
+    patrol: float = 0.0  # chance that the policy moves left or right (when one of them moves): a patrolling agent
 
     def __post_init__(self):
         if self.max_step < 1:
             raise ValueError(f"max_step={self.max_step}: it must be at least 1 (1 = one cell per action)")
+        if not 0.0 <= self.patrol <= 1.0:
+            raise ValueError(f"patrol={self.patrol}: it is a probability, between 0 and 1 (0 = the even policy)")
 
     @property
     def actions(self):
@@ -107,16 +110,23 @@ def random_layout(world, rng):
 
 
 def random_action(state, world, rng):
-    """The logging policy: usually a move that does something (as in real logs), sometimes any move."""
+    """The logging policy: usually a move that does something (as in real logs), sometimes any move.
+    With world.patrol > 0 it is an agent that mostly walks along the rows: logs whose actions are far from
+    even, which is what a self-labelling baseline's labels depend on (README, "What we tried")."""
     moving = [a for a in world.actions if step(state, a) != state]
+    if world.patrol and rng.random() < world.patrol:  # no draw at patrol = 0: the same episodes as before
+        along_rows = [a for a in moving if a.split()[0] in ("left", "right")]
+        if along_rows:
+            return along_rows[rng.integers(len(along_rows))]
     pool = moving if moving and rng.random() < world.p_move else world.actions
     return pool[rng.integers(len(pool))]
 
 
 def make_episodes(world, n_episodes, seed):
     """n_episodes episodes of the logging policy. Returns (states, actions): a list of state
-    lists and, separately, the list of true action lists (for SFT labels and evaluation only)."""
-    rng = np.random.default_rng(seed)
+    lists and, separately, the list of true action lists (for SFT labels and evaluation only).
+    seed: an int, or a numpy Generator to go on drawing from (several calls, one stream)."""
+    rng = np.random.default_rng(seed)  # a Generator passes through unchanged
     all_states, all_actions = [], []
     for _ in range(n_episodes):
         states, actions = [random_layout(world, rng)], []
