@@ -348,7 +348,8 @@ def test_patrolling_logs():
     episodes that one make_episodes call over all of them draws (how make_data drew them before the option)."""
     cfg, *_ = tiny_toy()
     cfg.labelled_episodes = cfg.unlabelled_episodes = cfg.test_episodes = cfg.pretrain_episodes = 40
-    counts = [cfg.labelled_episodes, cfg.val_episodes, cfg.unlabelled_episodes, cfg.test_episodes, 40]
+    counts = [cfg.labelled_episodes, cfg.val_episodes, cfg.unlabelled_episodes, cfg.test_episodes,
+              cfg.pretrain_episodes]
     states, actions = make_episodes(train_toy.make_world(cfg), sum(counts), 0)
     steps, start = [], 0
     for n in counts:
