@@ -26,6 +26,8 @@ Simplifications, and why:
   - One fresh AdamW per phase; a fixed number of GRPO steps per phase, each on `prompts_per_step`
     random unlabelled pairs with `group_size` samples each (the paper's "one epoch per phase" becomes
     "steps_per_phase" so a run's cost is known in advance).
+  - Optional (phase_eval_every > 0; the toy's default): each phase keeps its best weights on the held-out
+    labelled split, the same selection that early stopping gives SFT and Bootstrap (BestWeights).
 
 Read next: train_toy.py (the toy end to end), train_llm.py (text states).
 """
@@ -64,6 +66,9 @@ class SwirlConfig:
     phases: str = "both"  # "both", "fwm" (Phase I only) or "idm" (Phase II only)
     shared: bool = False  # one model plays both roles (the role is named in the prompt)
     steps_per_phase: int = 100  # GRPO steps in each phase
+    phase_eval_every: int = 0  # > 0: check the held-out labelled split every so many GRPO steps and keep each
+    # phase's best weights (the start included), as early stopping keeps SFT's; sft_continue then checks as
+    # often. 0: each phase ends at its last step, as in the paper
     prompts_per_step: int = 16  # real pairs (x, y) per GRPO step
     group_size: int = 8  # G: samples per prompt
     lr: float = 1e-4  # GRPO learning rate (the toy uses 3e-4 with its pretrained FWM; see train_toy.TOY_SWIRL)
@@ -219,11 +224,14 @@ def sft(model, examples, val_score, cfg, rng, steps=None, desc="sft"):
 
     steps=None: train until val_score() (a tuple, higher is better) has not improved for sft_patience checks,
     then restore the best weights ("trained to convergence, early-stopped on held-out labels").
-    steps=N: exactly N steps, no selection (the SFT-continue control). Returns (steps taken, optimiser).
+    steps=N: exactly N steps (the SFT-continue control); with a val_score the weights of the best check,
+    the start included, are kept, as each SWIRL phase keeps its own (see BestWeights); val_score=None
+    (pretraining) or sft_eval_every=0 keeps the last step. Returns (steps taken, optimiser).
     Under torchrun every rank draws its own batch (rng differs per rank) and gradients are averaged."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.sft_lr, weight_decay=0.0)
     micro = max(1, cfg.sft_batch // cfg.grad_accum)
-    best, best_state, since_best, best_step = None, None, 0, 0
+    best = BestWeights(model, val_score, cfg.sft_eval_every, at_start=steps is not None)
+    since_best = 0
     n_steps = steps if steps is not None else cfg.sft_max_steps
     bar = tqdm(range(1, n_steps + 1), desc=desc, leave=False, file=sys.stdout, disable=None)
     for step in bar:
@@ -238,24 +246,56 @@ def sft(model, examples, val_score, cfg, rng, steps=None, desc="sft"):
         all_reduce_grads(model)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if steps is None and (step % cfg.sft_eval_every == 0 or step == n_steps):
-            model.eval()
-            score = val_score(model)
-            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{score[0]:.3f}")
-            if best is None or score > best:
-                best, best_state, since_best, best_step = score, copy.deepcopy(model.state_dict()), 0, step
-            else:
-                since_best += 1
-                if since_best >= cfg.sft_patience:
-                    break
+        if best.due(step, n_steps):
+            since_best = 0 if best.check(step) else since_best + 1
+            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{best.score[0]:.3f}")
+            if steps is None and since_best >= cfg.sft_patience:
+                break
     if steps is None and world()[0] == 0:
         # early stopping should end SFT; if the cap did, the model may still have been learning
         how = "early stopping" if since_best >= cfg.sft_patience else "the sft_max_steps cap: raise it"
-        print(f"{desc}: stopped at step {step} by {how}; kept step {best_step} (best held-out score)")
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+        print(f"{desc}: stopped at step {step} by {how}; kept step {best.step} (best held-out score)")
+    best.restore()
     return step, opt
+
+
+class BestWeights:
+    """Model selection on the held-out labelled split: the weights with the best val_score so far.
+    Every method that trains gets it: SFT, Bootstrap and the oracle through early stopping, and (with
+    phase_eval_every > 0) each SWIRL phase and sft_continue through a check every so many steps, so no
+    method wins by being selected while another is not. at_start: score the weights before any update
+    too, so that a phase (or a continuation) that only makes the held-out score worse is undone.
+    val_score=None or every=0: no checks, and restore() keeps the last step."""
+
+    def __init__(self, model, val_score, every, at_start=False):
+        self.model, self.val_score, self.every = model, val_score, (every if val_score is not None else 0)
+        self.score = self.state = None
+        self.step = 0
+        if at_start and self.every:
+            self.check(0)
+
+    def due(self, step, last_step):
+        return bool(self.every) and (step % self.every == 0 or step == last_step)
+
+    def check(self, step):
+        """Score the model now; remember its weights if they are the best so far. Returns True if so."""
+        self.model.eval()
+        score = self.val_score(self.model)
+        if self.score is not None and score <= self.score:
+            return False
+        self.score, self.state, self.step = score, copy.deepcopy(self.model.state_dict()), step
+        return True
+
+    def check_if_due(self, step, last_step):
+        if self.due(step, last_step):
+            self.check(step)
+
+    def restore(self):
+        """Load the best weights. Returns, for a phase's stats line, the step they are from (0: undone)."""
+        if self.state is not None:
+            self.model.load_state_dict(self.state)
+        self.model.eval()
+        return {"kept_step": self.step} if self.every else {}
 
 
 def sft_lr_at(step, n_steps, cfg):
@@ -271,7 +311,7 @@ def sft_lr_at(step, n_steps, cfg):
 # The two phases of one SWIRL iteration
 
 
-def phase_fwm(fwm, idm, ref_fwm, task, pairs, cfg, rng, generator, desc="phase I (FWM)", opt=None):
+def phase_fwm(fwm, idm, ref_fwm, task, pairs, cfg, rng, generator, desc="phase I (FWM)", opt=None, val_score=None):
     """Phase I, Variational Information Maximisation, updates the FWM:
 
         z        = argmax Q_phi(. | x, y)          (frozen IDM, greedy; confident pairs only)
@@ -280,7 +320,9 @@ def phase_fwm(fwm, idm, ref_fwm, task, pairs, cfg, rng, generator, desc="phase I
         maximise E[r] - beta KL(P_theta || P_ref) with GRPO
 
     a Barber-Agakov lower bound on I(Z; Y_hat | X): the FWM learns to write next states from which the
-    action can be read back. The real y is used only to infer z."""
+    action can be read back. The real y is used only to infer z.
+    val_score: the FWM's score on held-out labelled transitions; with it the phase keeps its best check
+    (BestWeights, every cfg.phase_eval_every steps, the start included), as SFT keeps its best step."""
     reward_idm = frozen_copy(idm)
     z, conf = infer_actions(reward_idm, task, pairs)
     kept = [(p, zi) for p, zi, c in zip(pairs, z, conf.tolist()) if c >= cfg.confidence]
@@ -289,8 +331,8 @@ def phase_fwm(fwm, idm, ref_fwm, task, pairs, cfg, rng, generator, desc="phase I
         return log
     opt = opt or new_optimizer(fwm, cfg)
     G = cfg.group_size
-    stats = []
-    for _ in tqdm(range(cfg.steps_per_phase), desc=desc, leave=False, file=sys.stdout, disable=None):
+    stats, best = [], BestWeights(fwm, val_score, cfg.phase_eval_every, at_start=True)
+    for step in tqdm(range(1, cfg.steps_per_phase + 1), desc=desc, leave=False, file=sys.stdout, disable=None):
         batch = rng.sample(kept, min(prompts_per_rank(cfg), len(kept)))
         prompts = [task.fwm_example(p.x, zi, source=p.source)[0] for p, zi in batch]
         y_hat = write(fwm, task, prompts, task.max_state_tokens, task.state_ids, cfg.temperature, cfg.top_p, G, generator)
@@ -302,22 +344,24 @@ def phase_fwm(fwm, idm, ref_fwm, task, pairs, cfg, rng, generator, desc="phase I
         rewards = rewards.clamp(min=cfg.reward_floor)
         stats.append(policy_update(fwm, ref_fwm, opt, [p for p in prompts for _ in range(G)], y_hat, rewards,
                                    task.state_ids, cfg))
-    return {**log, **average(stats)}
+        best.check_if_due(step, cfg.steps_per_phase)
+    return {**log, **average(stats), **best.restore()}
 
 
-def phase_idm(idm, fwm, ref_idm, task, pairs, cfg, rng, generator, desc="phase II (IDM)", opt=None):
+def phase_idm(idm, fwm, ref_idm, task, pairs, cfg, rng, generator, desc="phase II (IDM)", opt=None, val_score=None):
     """Phase II, ELBO maximisation, updates the IDM:
 
         z_k  ~ Q_phi(. | x, y),  k = 1..G
         r_k  = log P_theta(y | x, z_k)             (frozen FWM; length-normalised, clamped)
         maximise E[r] - beta KL(Q_phi || Q_ref) with GRPO
 
-    with beta = 1 and the reference as the prior this is the evidence lower bound on log P(y | x)."""
+    with beta = 1 and the reference as the prior this is the evidence lower bound on log P(y | x).
+    val_score: the IDM's held-out score; the phase then keeps its best check, as phase_fwm does."""
     reward_fwm = frozen_copy(fwm)
     opt = opt or new_optimizer(idm, cfg)
     G = cfg.group_size
-    stats = []
-    for _ in tqdm(range(cfg.steps_per_phase), desc=desc, leave=False, file=sys.stdout, disable=None):
+    stats, best = [], BestWeights(idm, val_score, cfg.phase_eval_every, at_start=True)
+    for step in tqdm(range(1, cfg.steps_per_phase + 1), desc=desc, leave=False, file=sys.stdout, disable=None):
         batch = rng.sample(pairs, min(prompts_per_rank(cfg), len(pairs)))
         prompts = [task.idm_example(p.x, p.y, source=p.source)[0] for p in batch]
         z = write(idm, task, prompts, task.max_action_tokens, task.action_ids, cfg.temperature, cfg.top_p, G, generator)
@@ -329,7 +373,8 @@ def phase_idm(idm, fwm, ref_idm, task, pairs, cfg, rng, generator, desc="phase I
         rewards = rewards.clamp(min=cfg.reward_floor)
         stats.append(policy_update(idm, ref_idm, opt, [p for p in prompts for _ in range(G)], z, rewards,
                                    task.action_ids, cfg))
-    return average(stats)
+        best.check_if_due(step, cfg.steps_per_phase)
+    return {**average(stats), **best.restore()}
 
 
 def new_optimizer(model, cfg):
@@ -594,11 +639,14 @@ def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm
                 refs = (frozen_copy(fwm), None) if cfg.shared else (frozen_copy(fwm), frozen_copy(idm))
             ref = refs[0] if cfg.shared or role == "fwm" else refs[1]
             opt = new_optimizer(fwm if role == "fwm" else idm, cfg)
+            val_score = val_scorer(task, val, role)
             if role == "fwm":
-                stats = phase_fwm(fwm, idm, ref, task, unlabelled, cfg, rng, gen, f"it{it} phase I (FWM)", opt)
+                stats = phase_fwm(fwm, idm, ref, task, unlabelled, cfg, rng, gen, f"it{it} phase I (FWM)", opt,
+                                  val_score=val_score)
                 swirl_steps += cfg.steps_per_phase if "reward" in stats else 0
             else:
-                stats = phase_idm(idm, fwm, ref, task, unlabelled, cfg, rng, gen, f"it{it} phase II (IDM)", opt)
+                stats = phase_idm(idm, fwm, ref, task, unlabelled, cfg, rng, gen, f"it{it} phase II (IDM)", opt,
+                                  val_score=val_score)
                 swirl_steps += cfg.steps_per_phase
             log(f"  it{it} phase {'I ' if role == 'fwm' else 'II'} stats: " + format_stats(stats))
             record(name, fwm, idm)
@@ -613,10 +661,10 @@ def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm
     record("bootstrap", f, i)
     f, i = copies(*sft_models)
     # SFT-continue: as many extra update steps on the labelled data as SWIRL took, split like SWIRL's, at
-    # SWIRL's learning rate, so that only the objective differs. (At SFT's peak rate, 30x higher, the
-    # converged toy FWM got worse: seed 0 fell from 0.820 to 0.748 exact match.)
+    # SWIRL's learning rate and with its checks on the held-out split, so that only the objective differs.
+    # (At SFT's peak rate, 30x higher, the converged toy FWM got worse: seed 0 fell from 0.820 to 0.748.)
     per_model = swirl_steps if cfg.shared else max(1, swirl_steps // 2)
-    at_swirl_lr = replace(cfg, sft_lr=cfg.lr, finetune_lr=cfg.lr)
+    at_swirl_lr = replace(cfg, sft_lr=cfg.lr, finetune_lr=cfg.lr, sft_eval_every=cfg.phase_eval_every)
     warm_start(f, i, task, labelled, val, at_swirl_lr, rng, steps=per_model, desc="sft_continue")
     record("sft_continue", f, i)
     for n in parse_best_of(cfg.best_of):

@@ -435,8 +435,8 @@ def tiny_toy(shared=False, **over):
     cfg = train_toy.ToyConfig(size=3, n_walls=1, episode_len=3, labelled_episodes=6, val_episodes=2,
                               unlabelled_episodes=4, test_episodes=2, pretrain_episodes=0, n_layer=1, n_head=2,
                               n_embd=16)
-    scfg = swirl.SwirlConfig(sft_max_steps=4, sft_eval_every=2, steps_per_phase=2, prompts_per_step=2,
-                             group_size=2, shared=shared, best_of="2", **over)
+    scfg = swirl.SwirlConfig(**{**dict(sft_max_steps=4, sft_eval_every=2, steps_per_phase=2, prompts_per_step=2,
+                                        group_size=2, shared=shared, best_of="2"), **over})
     lab, val, unl, unl_truth, test, _ = train_toy.make_data(cfg, 0)
     tok = data.byte_tokenizer()
     task = swirl.make_task(tok, 48, lab, unl, shared)
@@ -498,6 +498,69 @@ def test_shared_weights_reward_model_is_a_frozen_snapshot(monkeypatch):
     swirl.phase_fwm(model, model, swirl.frozen_copy(model), task, unl, scfg, random.Random(0), torch.Generator())
     assert not same(weights(model), start)  # the one model learned ...
     assert all(same(w, start) and not grad for w, grad in calls)  # ... but its reward role stayed frozen
+
+
+def scripted_val(scores):
+    """A val_score that returns the given scores in turn and records the weights it was shown."""
+    seen, it = [], iter(scores)
+
+    def val_score(m):
+        seen.append(weights(m))
+        return (next(it),)
+
+    return val_score, seen
+
+
+@pytest.mark.parametrize("role", ["fwm", "idm"])
+def test_each_phase_keeps_its_best_held_out_check(role):
+    _, scfg, task, new, lab, val, unl, _ = tiny_toy(confidence=0.0, steps_per_phase=4, phase_eval_every=2)
+    torch.manual_seed(0)
+    fwm, idm = new(), new()
+    model, other = (fwm, idm) if role == "fwm" else (idm, fwm)
+    phase = swirl.phase_fwm if role == "fwm" else swirl.phase_idm
+    for scores, kept in (([0.5, 0.9, 0.1], 1), ([0.9, 0.5, 0.1], 0)):  # checks at steps 0, 2 and 4
+        val_score, seen = scripted_val(scores)
+        stats = phase(model, other, swirl.frozen_copy(model), task, unl, scfg, random.Random(0), torch.Generator(),
+                      val_score=val_score)
+        assert len(seen) == 3 and not same(seen[0], seen[1]) and not same(seen[1], seen[2])
+        assert same(weights(model), seen[kept]) and stats["kept_step"] == 2 * kept  # 0: the phase is undone
+
+
+def test_sft_continuation_keeps_its_best_check_the_start_included():
+    _, scfg, task, new, lab, *_ = tiny_toy(sft_eval_every=1)
+    ex = [task.fwm_example(t.x, t.action, t.y) for t in lab]
+    torch.manual_seed(0)
+    model = new()
+    val_score, seen = scripted_val([0.9, 0.5, 0.2, 0.3])  # the start, then steps 1-3: the start is best
+    steps, _ = swirl.sft(model, ex, val_score, scfg, random.Random(0), steps=3)
+    assert steps == 3 and len(seen) == 4 and same(weights(model), seen[0]) and not same(seen[0], seen[3])
+    val_score, seen = scripted_val([])  # sft_eval_every=0: no checks, the last step is kept
+    swirl.sft(model, ex, val_score, swirl.replace(scfg, sft_eval_every=0), random.Random(0), steps=2)
+    assert seen == []
+
+
+def test_run_swirl_selects_every_phase_and_sft_continue_alike(monkeypatch):
+    _, scfg, task, new, lab, val, unl, test = tiny_toy(confidence=0.0, phase_eval_every=1, iterations=1)
+    checks = {}
+    real_sft, real_fwm, real_idm = swirl.sft, swirl.phase_fwm, swirl.phase_idm
+
+    def spy_sft(model, examples, val_score, cfg, rng, steps=None, desc="sft"):
+        checks[desc] = cfg.sft_eval_every
+        return real_sft(model, examples, val_score, cfg, rng, steps, desc)
+
+    def spy_phase(real, role):
+        def spy(*a, val_score=None, **kw):
+            checks[role] = val_score is not None
+            return real(*a, val_score=val_score, **kw)
+        return spy
+
+    monkeypatch.setattr(swirl, "sft", spy_sft)
+    monkeypatch.setattr(swirl, "phase_fwm", spy_phase(real_fwm, "fwm"))
+    monkeypatch.setattr(swirl, "phase_idm", spy_phase(real_idm, "idm"))
+    swirl.run_swirl(scfg, task, new, lab, val, unl, test, log=lambda *_: None)
+    assert checks["fwm"] and checks["idm"]  # both phases are given the held-out score ...
+    assert checks["sft_continue FWM"] == checks["sft_continue IDM"] == 1  # ... and the control checks as often
+    assert checks["sft FWM"] == checks["bootstrap IDM"] == scfg.sft_eval_every  # early stopping as before
 
 
 def test_confidence_filter_drops_what_it_should(monkeypatch):
