@@ -815,9 +815,12 @@ def convert(value, typ, key):
             if value.lower() in ("0", "false", "no"):
                 return False
             raise ValueError
-        return typ(value)
+        converted = typ(value)
     except ValueError:
         sys.exit(f"bad value for --{key}: {value!r} is not a {typ.__name__}")
+    if typ is int and converted < 0:  # every int option is a count, a size or a period
+        sys.exit(f"bad value for --{key}: {value!r}; it counts something, so it must be 0 or more")
+    return converted
 
 
 def config_dict(*configs):

@@ -740,6 +740,10 @@ def test_parse_options_rejects_unknown_and_converts():
         swirl.parse_options(["--betta=1"], scfg)
     with pytest.raises(SystemExit, match="not a int"):
         swirl.parse_options(["--seeds=two"], cfg)
+    with pytest.raises(SystemExit, match="--phase_eval_every: '-1'; it counts something"):
+        swirl.parse_options(["--phase_eval_every=-1"], scfg)  # not a run that checks at every step
+    swirl.parse_options(["--phase_eval_every=0", "--reward_floor=-5"], scfg)  # 0 and negative floats are fine
+    assert (scfg.phase_eval_every, scfg.reward_floor) == (0, -5.0)
     with pytest.raises(SystemExit, match="--key=value"):
         swirl.parse_options(["seeds"], cfg)
     with pytest.raises(SystemExit, match="error: patrol=2.0: it is a probability"):
