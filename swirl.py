@@ -639,7 +639,7 @@ def run_swirl(cfg, task, new_model, labelled, val, unlabelled, test, seed=0, idm
                 refs = (frozen_copy(fwm), None) if cfg.shared else (frozen_copy(fwm), frozen_copy(idm))
             ref = refs[0] if cfg.shared or role == "fwm" else refs[1]
             opt = new_optimizer(fwm if role == "fwm" else idm, cfg)
-            val_score = val_scorer(task, val, role)
+            val_score = val_scorer(task, val, role) if cfg.phase_eval_every else None  # BestWeights' checks
             if role == "fwm":
                 stats = phase_fwm(fwm, idm, ref, task, unlabelled, cfg, rng, gen, f"it{it} phase I (FWM)", opt,
                                   val_score=val_score)
