@@ -544,7 +544,7 @@ def test_run_swirl_selects_every_phase_and_sft_continue_alike(monkeypatch):
     checks = {}
     real_sft, real_fwm, real_idm = swirl.sft, swirl.phase_fwm, swirl.phase_idm
 
-    def spy_sft(model, examples, val_score, cfg, rng, steps=None, desc="sft"):
+    def record_sft(model, examples, val_score, cfg, rng, steps=None, desc="sft"):  # spy_sft records no period
         checks[desc] = cfg.sft_eval_every
         return real_sft(model, examples, val_score, cfg, rng, steps, desc)
 
@@ -554,7 +554,7 @@ def test_run_swirl_selects_every_phase_and_sft_continue_alike(monkeypatch):
             return real(*a, val_score=val_score, **kw)
         return spy
 
-    monkeypatch.setattr(swirl, "sft", spy_sft)
+    monkeypatch.setattr(swirl, "sft", record_sft)
     monkeypatch.setattr(swirl, "phase_fwm", spy_phase(real_fwm, "fwm"))
     monkeypatch.setattr(swirl, "phase_idm", spy_phase(real_idm, "idm"))
     swirl.run_swirl(scfg, task, new, lab, val, unl, test, log=lambda *_: None)
