@@ -229,14 +229,10 @@ def collate(prompts, completions=None, pad_id=0, device="cpu"):
     completions = completions if completions is not None else [[] for _ in prompts]
     seqs = [p + c for p, c in zip(prompts, completions)]
     T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), T), dtype=torch.long)
-    span = torch.zeros((len(seqs), T), dtype=torch.long)
-    for b, (s, c) in enumerate(zip(seqs, completions)):
-        ids[b, T - len(s) :] = torch.tensor(s, dtype=torch.long)
-        attn[b, T - len(s) :] = 1
-        if c:
-            span[b, T - len(c) :] = 1
+    # padded Python lists, then one tensor each: a tensor per row costs more than the rows (SFT calls this every step)
+    ids = torch.tensor([[pad_id] * (T - len(s)) + s for s in seqs], dtype=torch.long)
+    attn = torch.tensor([[0] * (T - len(s)) + [1] * len(s) for s in seqs], dtype=torch.long)
+    span = torch.tensor([[0] * (T - len(c)) + [1] * len(c) for c in completions], dtype=torch.long)
     return ids.to(device), attn.to(device), span.to(device)
 
 

@@ -112,8 +112,11 @@ def grpo_step(policy, reference, optimizer, logprobs_fn, rewards, mask, group_si
         raise ValueError(f"unknown loss_type {cfg.loss_type!r}; choose one of {LOSS_TYPES}")
     advantages = group_advantages(rewards, group_size, cfg.scale_rewards)  # (B,)
     with torch.no_grad():
-        old_logp = logprobs_fn(policy)  # the policy that sampled these completions
-        ref_logp = logprobs_fn(reference) if cfg.beta > 0 else old_logp
+        # old_logp: the policy that sampled these completions. With mu = 1 it is the very policy the one
+        # gradient step differentiates, so its log-probs are taken from that pass (logp.detach() below):
+        # the same numbers, one forward pass fewer per step.
+        old_logp = logprobs_fn(policy) if cfg.mu > 1 else None
+        ref_logp = logprobs_fn(reference) if cfg.beta > 0 else None
     r = rewards.float().view(-1, group_size)
     stats = {
         "reward": float(r.mean()),
@@ -123,6 +126,8 @@ def grpo_step(policy, reference, optimizer, logprobs_fn, rewards, mask, group_si
     policy.train()
     for _ in range(cfg.mu):
         logp = logprobs_fn(policy)
+        old_logp = logp.detach() if old_logp is None else old_logp
+        ref_logp = old_logp if ref_logp is None else ref_logp  # beta = 0: the KL term is weighed by 0
         loss, step_stats = grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -222,6 +222,32 @@ def test_grpo_raises_probability_of_rewarded_token():
     assert math.isfinite(stats["grad_norm"]) and 0 <= stats["zero_std_frac"] <= 1
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+def test_grpo_step_with_mu_one_reuses_the_gradient_pass_for_old_logprobs(beta):
+    """mu = 1 takes the old log-probs from the gradient pass: the update must equal the slow path that
+    computes them in a separate no-grad pass first, with one forward pass fewer."""
+    tokens = torch.tensor([5, 7, 9, 7, 5, 5, 9, 7])
+    rewards = torch.tensor([0.0, 1.0, 0.2, 0.9, -1.0, 0.0, 0.5, 0.7])
+    cfg = grpo.GRPOConfig(beta=beta, mu=1)
+    fast, prompt = bandit_setup()
+    slow, ref = tiny_model(), tiny_model(1)
+    fn, span = bandit_logprobs(prompt, tokens)
+    calls = []
+    stats = grpo.grpo_step(fast, ref, torch.optim.AdamW(fast.parameters(), lr=1e-2),
+                           lambda m: calls.append(m) or fn(m), rewards, span, 4, cfg)
+    assert len(calls) == (2 if beta else 1)  # (the reference and) the policy's gradient pass
+    opt = torch.optim.AdamW(slow.parameters(), lr=1e-2)
+    with torch.no_grad():
+        old, ref_logp = fn(slow), fn(ref)
+    loss, _ = grpo.grpo_loss(fn(slow), old, ref_logp if beta else old, grpo.group_advantages(rewards, 4), span, cfg)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(slow.parameters(), cfg.max_grad_norm)
+    opt.step()
+    assert stats["loss"] == pytest.approx(loss.item(), abs=1e-7)
+    for a, b in zip(fast.parameters(), slow.parameters()):
+        torch.testing.assert_close(a, b)
+
+
 # ----------------------------------------------------------------------------------------------------
 # data.py
 
