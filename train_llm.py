@@ -164,9 +164,12 @@ def setup_devices(cfg):
         dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
     if dtype not in ("bfloat16", "float32"):
         sys.exit(f"unknown --dtype={cfg.dtype}; choose auto, bfloat16 or float32")
-    # bf16 autocast: matmuls in bfloat16, weights, softmax and log-probs in float32 (no loss scaling needed)
-    ctx = (torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16) if dtype == "bfloat16"
-           else contextlib.nullcontext())
+    # bf16 autocast: matmuls in bfloat16, weights, softmax and log-probs in float32 (no loss scaling needed).
+    # cache_enabled=False: autocast keeps the bf16 copy of each trainable weight until the OUTERMOST context
+    # exits, and this one spans the whole run, so with the cache every forward pass after the first would
+    # read the weights as they were then: optimiser steps would never reach the model (test_bf16_learns_...).
+    ctx = (torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, cache_enabled=False)
+           if dtype == "bfloat16" else contextlib.nullcontext())
     return swirl.world()[0], device, ctx
 
 
