@@ -16,12 +16,14 @@ grpo.py can stay generic and swirl.py can read like the paper.
      The FWM reads the action first so that y starts at the same distance after x whatever z's
      length: copying the unchanged part of x into y is then one fixed-offset attention pattern.
      With shared weights (one model, two roles) the prompt starts with <|fwm|> or <|idm|>.
-  3. Episodes in JSONL, one per line:
+  3. The Codec: the two roles' prompts fitted into the context, with their logit masks and longest
+     outputs, so that a transition becomes token lists in one place; `collate` turns those into the
+     left-padded tensors (ids, attention mask, completion mask) that model.py and grpo.py need.
+  4. Episodes in JSONL, one per line:
          {"states": ["s0", "s1", ..., "sT"], "actions": ["a0", ..., "a(T-1)"]}
      "actions" may be missing, or hold null for unlabelled steps. `.jsonl.gz` loads too. Every bad
-     line raises one DataError that names the file, the line and the fix.
-  4. Episodes -> transitions (x, y, action-or-None), splits by episode, and `collate`: left-padded
-     token ids with the attention mask and the completion mask that model.py and grpo.py need.
+     line raises one DataError that names the file, the line and the fix. Episodes become transitions
+     (x, y, action-or-None), split by episode.
 
 Read next: swirl.py (the algorithm).
 """
@@ -30,7 +32,6 @@ import base64
 import gzip
 import hashlib
 import json
-import math
 import os
 import random
 import re
@@ -267,6 +268,64 @@ def check_fits(tok, prompt, target, block_size, source, truncate=False):
 
 
 # ----------------------------------------------------------------------------------------------------
+# The Codec: a transition as each role's (prompt, completion) tokens, fitted into the context
+
+
+@dataclass
+class Codec:
+    """Everything the two roles need to turn a transition into tokens and back: the tokenizer, the
+    logit masks (which tokens each role may write), the longest outputs, and fitting into block_size.
+    swirl.py reads like the paper because it only ever asks this object for examples."""
+
+    tok: Tokenizer
+    block_size: int
+    state_ids: torch.Tensor  # (vocab,) bool: the FWM may only write these (plus <|end|>)
+    action_ids: torch.Tensor  # (vocab,) bool: the IDM may only write these (plus <|end|>)
+    max_state_tokens: int  # longest y the FWM writes, <|end|> included
+    max_action_tokens: int  # longest z the IDM writes, <|end|> included
+    shared: bool = False  # one model for both roles: prompts start with the role's token
+    truncate: bool = False  # cut the start of x instead of raising when a transition does not fit
+
+    def fwm_example(self, x, z, y=None, source="?"):
+        """(prompt, target) for P(y | x, z). With y None (generation) the target is [] and the prompt
+        must leave room for the longest state the FWM may write."""
+        prompt = fwm_prompt(self.tok, x, z, self.shared)
+        return self._fit(prompt, completion(self.tok, y) if y is not None else None, self.max_state_tokens, source)
+
+    def idm_example(self, x, y, z=None, source="?"):
+        """(prompt, target) for Q(z | x, y); target [] when z is None (generation)."""
+        prompt = idm_prompt(self.tok, x, y, self.shared)
+        return self._fit(prompt, completion(self.tok, z) if z is not None else None, self.max_action_tokens, source)
+
+    def _fit(self, prompt, target, room, source):
+        if target is None:
+            prompt, _ = check_fits(self.tok, prompt, [self.tok.end_id] * room, self.block_size, source, self.truncate)
+            return prompt, []
+        return check_fits(self.tok, prompt, target, self.block_size, source, self.truncate)
+
+    def to(self, device):
+        """Move the logit masks to the models' device (they index the logits there)."""
+        self.state_ids, self.action_ids = self.state_ids.to(device), self.action_ids.to(device)
+        return self
+
+
+def make_codec(tok, block_size, labelled, unlabelled, shared=False, truncate=False):
+    """Logit masks and lengths from the training data: states from every pair, actions from the labels."""
+    states = {t.x for t in labelled + unlabelled} | {t.y for t in labelled + unlabelled}
+    actions = {t.action for t in labelled}
+    return Codec(
+        tok=tok,
+        block_size=block_size,
+        state_ids=tok.allowed_ids(states),
+        action_ids=tok.allowed_ids(actions),
+        max_state_tokens=max(len(tok.encode(s)) for s in states) + 1,
+        max_action_tokens=max(len(tok.encode(a)) for a in actions) + 1,
+        shared=shared,
+        truncate=truncate,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
 # Episodes and transitions
 
 
@@ -388,184 +447,6 @@ def labelled_and_unlabelled(trans):
     return [t for t in trans if t.action is not None], [t for t in trans if t.action is None]
 
 
-# ----------------------------------------------------------------------------------------------------
-# Text metrics for predicted next states (whitespace tokens; the paper reports BLEU and ROUGE-L)
-
-
-def _ngrams(words, n):
-    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-
-
-def bleu(predictions, references, max_n=4):
-    """Corpus BLEU-4 (Papineni et al. 2002): clipped n-gram precisions summed over the whole corpus,
-    their geometric mean, times the brevity penalty exp(1 - ref_len / pred_len) when predictions are
-    shorter. A corpus with no matching n-gram of some order scores 0. Returns a fraction in [0, 1]."""
-    matches, totals = [0] * max_n, [0] * max_n
-    pred_len = ref_len = 0
-    for p, r in zip(predictions, references):
-        pw, rw = p.split(), r.split()
-        pred_len, ref_len = pred_len + len(pw), ref_len + len(rw)
-        for n in range(1, max_n + 1):
-            pc, rc = _ngrams(pw, n), _ngrams(rw, n)
-            matches[n - 1] += sum(min(c, rc[g]) for g, c in pc.items())
-            totals[n - 1] += max(0, len(pw) - n + 1)
-    if pred_len == 0 or min(matches) == 0:
-        return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
-    brevity = 1.0 if pred_len > ref_len else math.exp(1 - ref_len / pred_len)
-    return brevity * math.exp(log_precision)
-
-
-def lcs_length(a, b):
-    """Length of the longest common subsequence of two lists (dynamic programming, one row at a time)."""
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(predictions, references):
-    """Mean ROUGE-L F1 over pairs: LCS of the word sequences, P = lcs / |pred|, R = lcs / |ref|."""
-    scores = []
-    for p, r in zip(predictions, references):
-        pw, rw = p.split(), r.split()
-        lcs = lcs_length(pw, rw)
-        scores.append(0.0 if lcs == 0 else 2 * lcs / (len(pw) + len(rw)))  # = 2PR / (P + R)
-    return sum(scores) / max(1, len(scores))
-
-
-# ----------------------------------------------------------------------------------------------------
-# ScienceWorld, the paper's own text environment, turned into state-only episodes:
-#
-#     python data.py scienceworld --out=data/scienceworld
-#
-# needs `pip install scienceworld` (and Java 17); training never does. For each task and variation we
-# load the task with its gold path, reset, and follow get_gold_action_sequence(), recording a state
-# before the first action and after every action. A state is what a world model should predict:
-#
-#     the "look around" text (room, its objects, the doors)  +  "\n"  +  the inventory text
-#
-# (both as the environment prints them, outer whitespace stripped). The score and the free-text
-# feedback of a step ("The door is now open.") are left out: they are not part of the world's state.
-# Splits follow the paper, by task variation: of each task's training variations, alternate ones keep
-# their actions (SFT) and the others are stripped (SWIRL); test variations keep their actions in a
-# separate file that is used for metrics only.
-
-
-@dataclass
-class ScienceWorldPrep:
-    out: str = "data/scienceworld"
-    tasks: str = "all"  # comma-separated task names, or "all" (30 tasks)
-    train_variations: int = 4  # per task, from the environment's train split; half labelled, half not
-    test_variations: int = 2  # per task, from its test split; actions kept, for evaluation only
-    max_steps: int = 20  # gold actions followed per episode (long gold paths are cut here)
-    max_state_chars: int = 1500  # an episode ends before its first state longer than this
-
-
-def scienceworld_state(info):
-    return info["look"].strip() + "\n" + info["inv"].strip()
-
-
-def scienceworld_episode(env, task, variation, max_steps, max_state_chars):
-    """Play one variation's gold path; returns {"states", "actions"} (possibly cut short, see above)."""
-    env.load(task, variation, "", generateGoldPath=True)
-    _, info = env.reset()
-    states, actions = [scienceworld_state(info)], []
-    for action in env.get_gold_action_sequence()[:max_steps]:
-        _, _, done, info = env.step(action)
-        state = scienceworld_state(info)
-        if len(state) > max_state_chars:
-            break
-        states.append(state)
-        actions.append(action)
-        if done:
-            break
-    return {"states": states, "actions": actions}
-
-
-def _plan_scienceworld(env, cfg):
-    """(task, variation, split) for every episode to play; split is labelled, unlabelled or test."""
-    names = env.get_task_names() if cfg.tasks == "all" else [t.strip() for t in cfg.tasks.split(",")]
-    unknown = sorted(set(names) - set(env.get_task_names()))
-    if unknown:
-        raise DataError(f"--tasks: unknown ScienceWorld task(s) {unknown}. Fix: use names from {env.get_task_names()}.")
-    plan = []
-    for task in names:
-        env.load(task, 0, "")
-        for i, v in enumerate(env.get_variations_train()[: cfg.train_variations]):
-            plan.append((task, v, "labelled" if i % 2 == 0 else "unlabelled"))
-        plan += [(task, v, "test") for v in env.get_variations_test()[: cfg.test_variations]]
-    return plan
-
-
-def prepare_scienceworld(cfg, env):
-    """Write cfg.out/train.jsonl.gz (labelled and unlabelled episodes) and cfg.out/test.jsonl.gz.
-
-    Resumable: every finished episode is appended to cfg.out/partial.jsonl at once, and a rerun skips
-    what is there; the final files are written atomically at the end and the partial file removed."""
-    from tqdm import tqdm
-
-    os.makedirs(cfg.out, exist_ok=True)
-    partial = os.path.join(cfg.out, "partial.jsonl")
-    done = {}
-    if os.path.exists(partial):
-        with open(partial, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by an interruption: play that episode again
-                    continue
-                done[(row["task"], row["variation"])] = row
-    plan = _plan_scienceworld(env, cfg)
-    with open(partial, "a", encoding="utf-8") as f:
-        for task, variation, split in tqdm(plan, desc="scienceworld episodes"):
-            if (task, variation) in done:
-                continue
-            row = {"task": task, "variation": variation, "split": split,
-                   **scienceworld_episode(env, task, variation, cfg.max_steps, cfg.max_state_chars)}
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            done[(task, variation)] = row
-    rows = [done[(t, v)] for t, v, _ in plan]
-    kept = [r for r in rows if len(r["states"]) >= 2]  # an episode whose first step was too long is dropped
-    train = [Episode(r["states"], r["actions"] if r["split"] == "labelled" else [None] * len(r["actions"]))
-             for r in kept if r["split"] != "test"]
-    test = [Episode(r["states"], r["actions"]) for r in kept if r["split"] == "test"]
-    write_episodes(os.path.join(cfg.out, "train.jsonl.gz"), train)
-    write_episodes(os.path.join(cfg.out, "test.jsonl.gz"), test)
-    os.remove(partial)
-    return {"train_episodes": len(train), "test_episodes": len(test), "dropped": len(rows) - len(kept),
-            "labelled": sum(r["split"] == "labelled" for r in kept),
-            "transitions": sum(len(r["actions"]) for r in kept)}
-
-
-def scienceworld_env():
-    try:
-        from scienceworld import ScienceWorldEnv
-    except ImportError:
-        raise SystemExit(
-            "data.py scienceworld needs the optional package scienceworld (and Java 17):\n"
-            "    pip install scienceworld\n"
-            "Training does not need it: the prepared snapshot ships in data/scienceworld/."
-        ) from None
-    return ScienceWorldEnv("", envStepLimit=1000)
-
-
-def main(argv):
-    if not argv or argv[0] != "scienceworld":
-        raise SystemExit("usage: python data.py scienceworld [--out=DIR] [--tasks=a,b] [--train_variations=N] "
-                         "[--test_variations=N] [--max_steps=N] [--max_state_chars=N]")
-    from swirl import parse_options  # imported here: swirl.py imports this module
-
-    (cfg,) = parse_options(argv[1:], ScienceWorldPrep())
-    summary = prepare_scienceworld(cfg, scienceworld_env())
-    print(f"wrote {cfg.out}/train.jsonl.gz and {cfg.out}/test.jsonl.gz: {summary}")
-
-
-if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])
+def with_action(t, action):
+    """The same transition with another action (None hides it; a pseudo-label replaces it)."""
+    return Transition(t.x, t.y, action, t.episode, t.source)

@@ -1,7 +1,7 @@
 """
 grpo.py: Group Relative Policy Optimisation, and nothing about worlds or actions.
 
-SWIRL trains each of its two models with GRPO (PAPER.md, "GRPO in one paragraph"). For every prompt
+SWIRL trains each of its two models with GRPO (Shao et al. 2024, DeepSeekMath). For every prompt
 we sample a group of G completions, score each with a reward r_i, and push up the completions that
 beat their group. The choices made here, and why:
 
@@ -24,6 +24,9 @@ beat their group. The choices made here, and why:
     to the sampling policy. With mu = 1 the ratio is exactly 1 and only the KL and the advantage
     matter, which is what the paper's setting amounts to.
 
+These settings have one home, GRPOConfig; swirl.SwirlConfig holds one, and the command line reaches
+its fields by name (--beta=0.1).
+
 Read next: data.py (how text becomes the tensors this file consumes).
 """
 
@@ -34,7 +37,7 @@ import torch
 
 @dataclass
 class GRPOConfig:
-    beta: float = 0.04  # weight of the k3 KL to the reference model
+    beta: float = 0.1  # weight of the k3 KL to the reference model (the paper's value)
     eps_low: float = 0.2  # clip range below 1 for the ratio rho
     eps_high: float = 0.2  # clip range above 1 (DAPO raises it to let rare tokens grow)
     loss_type: str = "grpo"  # "grpo", "dapo" or "dr_grpo"

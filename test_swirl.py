@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+import common
 import data
 import grpo
 from model import GPT, GPTConfig, generate, load_checkpoint, model_from_state, model_state, save_checkpoint
@@ -465,9 +466,9 @@ def tiny_toy(shared=False, **over):
                                         group_size=2, shared=shared, best_of="2"), **over})
     lab, val, unl, unl_truth, test, _ = train_toy.make_data(cfg, 0)
     tok = data.byte_tokenizer()
-    task = swirl.make_task(tok, 48, lab, unl, shared)
+    codec = data.make_codec(tok, 48, lab, unl, shared)
     new = lambda: GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=48, n_layer=1, n_head=2, n_embd=16))
-    return cfg, scfg, task, new, lab, val, unl, test
+    return cfg, scfg, codec, new, lab, val, unl, test
 
 
 def weights(model):
@@ -492,12 +493,12 @@ def spy_rewards(monkeypatch):
 
 
 def test_phase_fwm_reward_from_frozen_idm(monkeypatch):
-    _, scfg, task, new, lab, val, unl, _ = tiny_toy(confidence=0.0)
+    _, scfg, codec, new, lab, val, unl, _ = tiny_toy(confidence=0.0)
     torch.manual_seed(0)
     fwm, idm = new(), new()
     idm_before, fwm_before = weights(idm), weights(fwm)
     calls = spy_rewards(monkeypatch)
-    stats = swirl.phase_fwm(fwm, idm, swirl.frozen_copy(fwm), task, unl, scfg, random.Random(0), torch.Generator())
+    stats = swirl.phase_fwm(fwm, idm, swirl.frozen_copy(fwm), codec, unl, scfg, random.Random(0), torch.Generator())
     assert stats["kept_frac"] == 1.0 and "reward" in stats
     assert same(weights(idm), idm_before)  # the IDM did not move
     assert not same(weights(fwm), fwm_before)  # the FWM did
@@ -505,23 +506,23 @@ def test_phase_fwm_reward_from_frozen_idm(monkeypatch):
 
 
 def test_phase_idm_reward_from_frozen_fwm(monkeypatch):
-    _, scfg, task, new, lab, val, unl, _ = tiny_toy()
+    _, scfg, codec, new, lab, val, unl, _ = tiny_toy()
     torch.manual_seed(0)
     fwm, idm = new(), new()
     idm_before, fwm_before = weights(idm), weights(fwm)
     calls = spy_rewards(monkeypatch)
-    swirl.phase_idm(idm, fwm, swirl.frozen_copy(idm), task, unl, scfg, random.Random(0), torch.Generator())
+    swirl.phase_idm(idm, fwm, swirl.frozen_copy(idm), codec, unl, scfg, random.Random(0), torch.Generator())
     assert same(weights(fwm), fwm_before) and not same(weights(idm), idm_before)
     assert calls and all(same(w, fwm_before) and not grad for w, grad in calls)
 
 
 def test_shared_weights_reward_model_is_a_frozen_snapshot(monkeypatch):
-    _, scfg, task, new, lab, val, unl, _ = tiny_toy(shared=True, confidence=0.0)
+    _, scfg, codec, new, lab, val, unl, _ = tiny_toy(shared=True, confidence=0.0)
     torch.manual_seed(0)
     model = new()
     start = weights(model)
     calls = spy_rewards(monkeypatch)
-    swirl.phase_fwm(model, model, swirl.frozen_copy(model), task, unl, scfg, random.Random(0), torch.Generator())
+    swirl.phase_fwm(model, model, swirl.frozen_copy(model), codec, unl, scfg, random.Random(0), torch.Generator())
     assert not same(weights(model), start)  # the one model learned ...
     assert all(same(w, start) and not grad for w, grad in calls)  # ... but its reward role stayed frozen
 
@@ -539,22 +540,22 @@ def scripted_val(scores):
 
 @pytest.mark.parametrize("role", ["fwm", "idm"])
 def test_each_phase_keeps_its_best_held_out_check(role):
-    _, scfg, task, new, lab, val, unl, _ = tiny_toy(confidence=0.0, steps_per_phase=4, phase_eval_every=2)
+    _, scfg, codec, new, lab, val, unl, _ = tiny_toy(confidence=0.0, steps_per_phase=4, phase_eval_every=2)
     torch.manual_seed(0)
     fwm, idm = new(), new()
     model, other = (fwm, idm) if role == "fwm" else (idm, fwm)
     phase = swirl.phase_fwm if role == "fwm" else swirl.phase_idm
     for scores, kept in (([0.5, 0.9, 0.1], 1), ([0.9, 0.5, 0.1], 0)):  # checks at steps 0, 2 and 4
         val_score, seen = scripted_val(scores)
-        stats = phase(model, other, swirl.frozen_copy(model), task, unl, scfg, random.Random(0), torch.Generator(),
+        stats = phase(model, other, swirl.frozen_copy(model), codec, unl, scfg, random.Random(0), torch.Generator(),
                       val_score=val_score)
         assert len(seen) == 3 and not same(seen[0], seen[1]) and not same(seen[1], seen[2])
         assert same(weights(model), seen[kept]) and stats["kept_step"] == 2 * kept  # 0: the phase is undone
 
 
 def test_sft_continuation_keeps_its_best_check_the_start_included():
-    _, scfg, task, new, lab, *_ = tiny_toy(sft_eval_every=1)
-    ex = [task.fwm_example(t.x, t.action, t.y) for t in lab]
+    _, scfg, codec, new, lab, *_ = tiny_toy(sft_eval_every=1)
+    ex = [codec.fwm_example(t.x, t.action, t.y) for t in lab]
     torch.manual_seed(0)
     model = new()
     val_score, seen = scripted_val([0.9, 0.5, 0.2, 0.3])  # the start, then steps 1-3: the start is best
@@ -566,7 +567,7 @@ def test_sft_continuation_keeps_its_best_check_the_start_included():
 
 
 def test_run_swirl_selects_every_phase_and_sft_continue_alike(monkeypatch):
-    _, scfg, task, new, lab, val, unl, test = tiny_toy(confidence=0.0, phase_eval_every=1, iterations=1)
+    _, scfg, codec, new, lab, val, unl, test = tiny_toy(confidence=0.0, phase_eval_every=1, iterations=1)
     checks = {}
     real_sft, real_fwm, real_idm = swirl.sft, swirl.phase_fwm, swirl.phase_idm
 
@@ -583,29 +584,29 @@ def test_run_swirl_selects_every_phase_and_sft_continue_alike(monkeypatch):
     monkeypatch.setattr(swirl, "sft", record_sft)
     monkeypatch.setattr(swirl, "phase_fwm", spy_phase(real_fwm, "fwm"))
     monkeypatch.setattr(swirl, "phase_idm", spy_phase(real_idm, "idm"))
-    swirl.run_swirl(scfg, task, new, lab, val, unl, test, log=lambda *_: None)
+    swirl.run_swirl(scfg, codec, new, lab, val, unl, test, log=lambda *_: None)
     assert checks["fwm"] and checks["idm"]  # both phases are given the held-out score ...
     assert checks["sft_continue FWM"] == checks["sft_continue IDM"] == 1  # ... and the control checks as often
     assert checks["sft FWM"] == checks["bootstrap IDM"] == scfg.sft_eval_every  # early stopping as before
 
 
 def test_confidence_filter_drops_what_it_should(monkeypatch):
-    _, scfg, task, new, lab, val, unl, _ = tiny_toy(confidence=0.5)
+    _, scfg, codec, new, lab, val, unl, _ = tiny_toy(confidence=0.5)
     pairs = unl[:4]
     fake = (["up", "down", "left", "right"], torch.tensor([0.9, 0.2, 0.5, 0.49]))
     monkeypatch.setattr(swirl, "infer_actions", lambda *a: fake)
-    kept, where = swirl.pseudo_label(None, task, pairs, scfg)
+    kept, where = swirl.pseudo_label(None, codec, pairs, scfg)
     assert [(t.x, t.action) for t in kept] == [(pairs[0].x, "up"), (pairs[2].x, "left")] and where == [0, 2]
-    truth = [swirl.replace_action(p, a) for p, a in zip(pairs, ["up", "up", "down", "up"])]
+    truth = [data.with_action(p, a) for p, a in zip(pairs, ["up", "up", "down", "up"])]
     report = swirl.pseudo_label_report(kept, where, pairs, truth, scfg)  # "up" right, "left" wrong
     assert "labelled 2 of 4 unlabelled pairs" in report and "50.0% of those labels" in report
     scfg.confidence = 0.95
-    stats = swirl.phase_fwm(new(), new(), None, task, pairs, scfg, random.Random(0), torch.Generator())
+    stats = swirl.phase_fwm(new(), new(), None, codec, pairs, scfg, random.Random(0), torch.Generator())
     assert stats == {"kept_frac": 0.0}  # nothing confident: Phase I makes no update
 
 
 def test_references_reset_every_iteration(monkeypatch):
-    _, scfg, task, new, lab, val, unl, test = tiny_toy(iterations=2, confidence=0.0)
+    _, scfg, codec, new, lab, val, unl, test = tiny_toy(iterations=2, confidence=0.0)
     seen = {"fwm": [], "idm": []}
     real_fwm, real_idm = swirl.phase_fwm, swirl.phase_idm
 
@@ -619,7 +620,7 @@ def test_references_reset_every_iteration(monkeypatch):
 
     monkeypatch.setattr(swirl, "phase_fwm", spy_fwm)
     monkeypatch.setattr(swirl, "phase_idm", spy_idm)
-    swirl.run_swirl(scfg, task, new, lab, val, unl, test, log=lambda *_: None)
+    swirl.run_swirl(scfg, codec, new, lab, val, unl, test, log=lambda *_: None)
     for role in ("fwm", "idm"):
         (ref1, start1), (ref2, start2) = seen[role]
         assert same(ref1, start1) and same(ref2, start2)  # the reference is the model at iteration start
@@ -627,10 +628,10 @@ def test_references_reset_every_iteration(monkeypatch):
 
 
 def test_sft_trains_only_the_target_tokens():
-    _, scfg, task, new, lab, *_ = tiny_toy()
+    _, scfg, codec, new, lab, *_ = tiny_toy()
     torch.manual_seed(0)
     model = new()
-    ex = [task.fwm_example(t.x, t.action, t.y) for t in lab[:3]]
+    ex = [codec.fwm_example(t.x, t.action, t.y) for t in lab[:3]]
     loss = swirl.sft_loss(model, ex)
     by_hand = []
     for p, t in ex:  # oracle: slow per-token log-probs of the target, averaged over all target tokens
@@ -639,9 +640,9 @@ def test_sft_trains_only_the_target_tokens():
 
 
 def test_sft_early_stopping_keeps_the_best_weights_and_says_what_ended_it(capsys):
-    _, scfg, task, new, lab, *_ = tiny_toy()
+    _, scfg, codec, new, lab, *_ = tiny_toy()
     scfg = swirl.replace(scfg, sft_max_steps=20, sft_eval_every=1, sft_patience=2)
-    ex = [task.fwm_example(t.x, t.action, t.y) for t in lab]
+    ex = [codec.fwm_example(t.x, t.action, t.y) for t in lab]
     torch.manual_seed(0)
     model, seen = new(), []
     scores = iter([(0.1,), (0.5,), (0.4,), (0.3,), (0.9,)])  # best at step 2, then two checks without a gain
@@ -673,22 +674,22 @@ def spy_sft(monkeypatch):
 
 
 def test_pretraining_sees_states_and_labelled_words_only(monkeypatch):
-    _, scfg, task, new, lab, val, unl, _ = tiny_toy(pretrain_steps=3)
+    _, scfg, codec, new, lab, val, unl, _ = tiny_toy(pretrain_steps=3)
     calls = spy_sft(monkeypatch)
-    swirl.pretrain_fwm(new(), task, lab, unl, scfg, random.Random(0))
+    swirl.pretrain_fwm(new(), codec, lab, unl, scfg, random.Random(0))
     ((desc, examples, lr, steps),) = calls
     assert (desc, lr, steps) == ("pretrain FWM", scfg.sft_lr, 3)
     assert len(examples) == 4 * len(unl)  # swirl.PRETRAIN_WORDS_PER_PAIR words per pair
     words = {t.action for t in lab}
     for (prompt, target), t in zip(examples, [t for t in unl for _ in range(4)]):
-        assert target == data.completion(task.tok, t.y)  # the real next state is the target ...
-        assert any(prompt == task.fwm_example(t.x, w)[0] for w in words)  # ... the action a labelled word
+        assert target == data.completion(codec.tok, t.y)  # the real next state is the target ...
+        assert any(prompt == codec.fwm_example(t.x, w)[0] for w in words)  # ... the action a labelled word
 
 
 def test_pretraining_corpus_of_its_own(monkeypatch):
     """--pretrain_episodes draws extra episodes after the others: the four splits stay as they were, the
     corpus shares no episode with them, and run_swirl pretrains on it instead of the unlabelled pairs."""
-    cfg, scfg, task, new, lab, val, unl, test = tiny_toy(pretrain_steps=1)
+    cfg, scfg, codec, new, lab, val, unl, test = tiny_toy(pretrain_steps=1)
     before = train_toy.make_data(cfg, 0)
     cfg.pretrain_episodes = 3
     after = train_toy.make_data(cfg, 0)
@@ -697,47 +698,14 @@ def test_pretraining_corpus_of_its_own(monkeypatch):
     assert not {t.source for t in corpus} & {t.source for split in after[:5] for t in split}  # "toy episode i"
     assert all(t.action is None for t in corpus)
     seen = []
-    monkeypatch.setattr(swirl, "pretrain_fwm", lambda fwm, task, labelled, pairs, cfg, rng: seen.append(pairs))
-    swirl.run_swirl(scfg, task, new, lab, val, unl, test, pretrain_pairs=corpus, stop_after="sft", log=lambda *a: None)
-    swirl.run_swirl(scfg, task, new, lab, val, unl, test, stop_after="sft", log=lambda *a: None)
+    monkeypatch.setattr(swirl, "pretrain_fwm", lambda fwm, codec, labelled, pairs, cfg, rng: seen.append(pairs))
+    swirl.run_swirl(scfg, codec, new, lab, val, unl, test, pretrain_pairs=corpus, stop_after="sft", log=lambda *a: None)
+    swirl.run_swirl(scfg, codec, new, lab, val, unl, test, stop_after="sft", log=lambda *a: None)
     assert seen == [corpus, unl]
 
 
-def test_sft_with_restarts_keeps_the_best_held_out_start(monkeypatch):
-    """Each start trains a fresh model; the one with the best held-out score is copied into the model."""
-    _, scfg, task, new, lab, val, unl, test = tiny_toy(sft_restarts=3)
-    scores = iter([0.2, 0.9, 0.5])
-
-    def fake_sft(model, examples, val_score, cfg, rng, steps=None, desc="sft"):
-        with torch.no_grad():
-            next(model.parameters()).fill_(next(scores))
-        return 7, None
-
-    monkeypatch.setattr(swirl, "sft", fake_sft)
-    first = lambda m: (next(m.parameters()).flatten()[0].item(),)  # the held-out score: the value we wrote
-    model = new()
-    n, _ = swirl.sft_with_restarts(model, new, [], first, scfg, random.Random(0), None, "idm")
-    assert n == 21 and first(model) == pytest.approx((0.9,))
-    scores = iter([0.4])  # no new_model (Bootstrap fine-tunes the SFT models): one run, no restart
-    n, _ = swirl.sft_with_restarts(model, None, [], first, scfg, random.Random(0), None, "idm")
-    assert n == 7 and first(model) == pytest.approx((0.4,))
-
-
-def test_only_the_models_at_their_initial_weights_restart(monkeypatch):
-    cfg, scfg, task, new, lab, val, unl, test = tiny_toy(sft_restarts=2, pretrain_steps=1, confidence=0.0)
-    truth = train_toy.make_data(cfg, 0)[3]
-    calls = spy_sft(monkeypatch)
-    swirl.run_swirl(scfg, task, new, lab, val, unl, test, unlabelled_truth=truth, log=lambda *a: None)
-    descs = [c[0] for c in calls]
-    for stage in ("sft", "oracle"):  # the IDM learns from scratch: two starts; the pretrained FWM: one
-        assert descs.count(f"{stage} IDM (start 1)") == descs.count(f"{stage} IDM (start 2)") == 1
-        assert descs.count(f"{stage} FWM") == 1
-    assert {"bootstrap FWM", "bootstrap IDM", "sft_continue FWM", "sft_continue IDM"} <= set(descs)
-    assert not [d for d in descs if "start" in d and d.split()[0] not in ("sft", "oracle")]
-
-
 def test_pretrained_fwm_is_fine_tuned_gently_everywhere(monkeypatch):
-    _, scfg, task, new, lab, val, unl, test = tiny_toy(pretrain_steps=2, finetune_lr=1e-4, confidence=0.0)
+    _, scfg, codec, new, lab, val, unl, test = tiny_toy(pretrain_steps=2, finetune_lr=1e-4, confidence=0.0)
     calls = spy_sft(monkeypatch)
     seen = {}
     real_warm = swirl.warm_start
@@ -747,7 +715,7 @@ def test_pretrained_fwm_is_fine_tuned_gently_everywhere(monkeypatch):
         return real_warm(fwm, idm, *a, desc=desc, **kw)
 
     monkeypatch.setattr(swirl, "warm_start", spy_warm)
-    swirl.run_swirl(scfg, task, new, lab, val, unl, test, unlabelled_truth=lab, log=lambda *_: None)
+    swirl.run_swirl(scfg, codec, new, lab, val, unl, test, unlabelled_truth=lab, log=lambda *_: None)
     lrs = {desc: lr for desc, _, lr, _ in calls}
     assert calls[0][0] == "pretrain FWM" and lrs["pretrain FWM"] == scfg.sft_lr
     for stage in ("sft", "bootstrap", "oracle"):
@@ -760,27 +728,29 @@ def test_pretrained_fwm_is_fine_tuned_gently_everywhere(monkeypatch):
 
 def test_parse_options_rejects_unknown_and_converts():
     cfg, scfg = train_toy.ToyConfig(), swirl.SwirlConfig()
-    swirl.parse_options(["--seeds=3", "--beta=0.5", "--shared=true", "--phases=fwm"], cfg, scfg)
-    assert (cfg.seeds, scfg.beta, scfg.shared, scfg.phases) == (3, 0.5, True, "fwm")
+    common.parse_options(["--seeds=3", "--beta=0.5", "--shared=true", "--phases=fwm"], cfg, scfg, scfg.grpo)
+    assert (cfg.seeds, scfg.grpo.beta, scfg.shared, scfg.phases) == (3, 0.5, True, "fwm")
+    with pytest.raises(SystemExit, match="unknown option --grpo"):  # a nested config is not an option ...
+        common.parse_options(["--grpo=1"], scfg, scfg.grpo)  # ... its fields are
     with pytest.raises(SystemExit, match="unknown option --betta"):
-        swirl.parse_options(["--betta=1"], scfg)
+        common.parse_options(["--betta=1"], scfg)
     with pytest.raises(SystemExit, match="not a int"):
-        swirl.parse_options(["--seeds=two"], cfg)
+        common.parse_options(["--seeds=two"], cfg)
     with pytest.raises(SystemExit, match="--phase_eval_every: '-1'; it counts something"):
-        swirl.parse_options(["--phase_eval_every=-1"], scfg)  # not a run that checks at every step
-    swirl.parse_options(["--phase_eval_every=0", "--reward_floor=-5"], scfg)  # 0 and negative floats are fine
+        common.parse_options(["--phase_eval_every=-1"], scfg)  # not a run that checks at every step
+    common.parse_options(["--phase_eval_every=0", "--reward_floor=-5"], scfg)  # 0 and negative floats are fine
     assert (scfg.phase_eval_every, scfg.reward_floor) == (0, -5.0)
     with pytest.raises(SystemExit, match="--key=value"):
-        swirl.parse_options(["seeds"], cfg)
+        common.parse_options(["seeds"], cfg)
     with pytest.raises(SystemExit, match="error: patrol=2.0: it is a probability"):
         train_toy.main(["--patrol=2"])  # a bad world option: one line, before any training
 
 
 def test_mean_over_seeds_and_table():
     runs = [[{"stage": "sft", "fwm_exact": 0.2}], [{"stage": "sft", "fwm_exact": 0.4}]]
-    (row,) = swirl.mean_over_seeds(runs)
+    (row,) = common.mean_over_seeds(runs)
     assert row["fwm_exact"] == pytest.approx(0.3) and row["fwm_exact_std"] == pytest.approx(0.1414, abs=1e-4)
-    assert "0.300 ± 0.141" in swirl.format_table([row], ["fwm_exact"])
+    assert "0.300 ± 0.141" in common.format_table([row], ["fwm_exact"])
 
 
 def test_cell_accuracy_by_hand():
@@ -831,30 +801,37 @@ def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------------
-# text metrics (data.py), against values computed by hand
+# The text path: ScienceWorld preparation (with a fake environment: no Java), the snapshot, train_llm.py
+
+import importlib.util  # noqa: E402
+import os  # noqa: E402
+
+import train_llm  # noqa: E402
+
+# data/scienceworld/prepare.py is a script run by its path (as nanoGPT's data/*/prepare.py are); load it so
+_spec = importlib.util.spec_from_file_location(
+    "prepare", os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "scienceworld", "prepare.py"))
+prepare = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(prepare)
 
 
 def test_bleu_by_hand():
     # clipped precisions 5/6, 3/5, 2/4, 1/3; equal lengths so no brevity penalty
     want = (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
-    assert data.bleu(["the cat sat on the mat"], ["the cat sat on a mat"]) == pytest.approx(want)
-    assert data.bleu(["a b c d"], ["a b c d"]) == pytest.approx(1.0)
-    assert data.bleu(["the cat"], ["the cat sat on"], max_n=2) == pytest.approx(math.exp(1 - 4 / 2))  # brevity
-    assert data.bleu(["x y z w"], ["a b c d"]) == 0.0 and data.bleu([""], ["a"]) == 0.0
+    assert train_llm.bleu(["the cat sat on the mat"], ["the cat sat on a mat"]) == pytest.approx(want)
+    assert train_llm.bleu(["a b c d"], ["a b c d"]) == pytest.approx(1.0)
+    assert train_llm.bleu(["the cat"], ["the cat sat on"], max_n=2) == pytest.approx(math.exp(1 - 4 / 2))  # brevity
+    assert train_llm.bleu(["x y z w"], ["a b c d"]) == 0.0 and train_llm.bleu([""], ["a"]) == 0.0
 
 
 def test_rouge_l_by_hand():
-    assert data.lcs_length("abcd", "acde") == 3
-    assert data.rouge_l(["a b c d"], ["a c d e"]) == pytest.approx(0.75)  # LCS 3: P = R = 3/4
-    assert data.rouge_l(["a b", "x"], ["a b", "y"]) == pytest.approx(0.5)  # mean of 1 and 0
-
-
-# ----------------------------------------------------------------------------------------------------
-# The text path: ScienceWorld preparation (with a fake environment: no Java), the snapshot, train_llm.py
+    assert train_llm.lcs_length("abcd", "acde") == 3
+    assert train_llm.rouge_l(["a b c d"], ["a c d e"]) == pytest.approx(0.75)  # LCS 3: P = R = 3/4
+    assert train_llm.rouge_l(["a b", "x"], ["a b", "y"]) == pytest.approx(0.5)  # mean of 1 and 0
 
 
 class FakeScienceWorld:
-    """Just the calls data.prepare_scienceworld makes, on a world of rooms where gold paths walk."""
+    """Just the calls data/scienceworld/prepare.py makes, on a world of rooms where gold paths walk."""
 
     def __init__(self, fail_after=None):
         self.loads, self.fail_after = 0, fail_after
@@ -891,8 +868,8 @@ class FakeScienceWorld:
 
 
 def test_scienceworld_preparation_with_a_fake_env(tmp_path):
-    cfg = data.ScienceWorldPrep(out=str(tmp_path / "sw"), train_variations=4, test_variations=1, max_steps=2)
-    summary = data.prepare_scienceworld(cfg, FakeScienceWorld())
+    cfg = prepare.ScienceWorldPrep(out=str(tmp_path / "sw"), train_variations=4, test_variations=1, max_steps=2)
+    summary = prepare.prepare(cfg, FakeScienceWorld())
     train = data.load_episodes(str(tmp_path / "sw" / "train.jsonl.gz"))
     test = data.load_episodes(str(tmp_path / "sw" / "test.jsonl.gz"))
     assert (len(train), len(test)) == (8, 2) and summary["labelled"] == 4
@@ -903,20 +880,20 @@ def test_scienceworld_preparation_with_a_fake_env(tmp_path):
 
 
 def test_scienceworld_preparation_resumes(tmp_path):
-    cfg = data.ScienceWorldPrep(out=str(tmp_path / "sw"), train_variations=2, test_variations=1)
+    cfg = prepare.ScienceWorldPrep(out=str(tmp_path / "sw"), train_variations=2, test_variations=1)
     with pytest.raises(KeyboardInterrupt):
-        data.prepare_scienceworld(cfg, FakeScienceWorld(fail_after=3))
+        prepare.prepare(cfg, FakeScienceWorld(fail_after=3))
     assert not (tmp_path / "sw" / "train.jsonl.gz").exists()  # nothing half-written
     env = FakeScienceWorld()
-    data.prepare_scienceworld(cfg, env)
+    prepare.prepare(cfg, env)
     assert env.loads == 6 - 3  # the three finished episodes were not played again
     assert len(data.load_episodes(str(tmp_path / "sw" / "train.jsonl.gz"))) == 4
 
 
 def test_scienceworld_unknown_task_is_a_clear_error(tmp_path):
-    cfg = data.ScienceWorldPrep(out=str(tmp_path / "sw"), tasks="boil,fly")
+    cfg = prepare.ScienceWorldPrep(out=str(tmp_path / "sw"), tasks="boil,fly")
     with pytest.raises(data.DataError, match=r"unknown ScienceWorld task\(s\) \['fly'\]"):
-        data.prepare_scienceworld(cfg, FakeScienceWorld())
+        prepare.prepare(cfg, FakeScienceWorld())
 
 
 def test_shipped_snapshot_loads_and_validates():
@@ -928,8 +905,6 @@ def test_shipped_snapshot_loads_and_validates():
     assert all(a is not None for e in test for a in e.actions)
     assert all("In your inventory" in s for e in train[:5] for s in e.states)
 
-
-import train_llm  # noqa: E402
 
 
 def tiny_text_data(tmp_path):
@@ -998,13 +973,13 @@ def test_bf16_autocast_learns_as_float32_does():
     must follow the optimiser: 30 SFT steps in bf16 end where float32 ends (with autocast's weight cache
     over the whole run, they ended near the start), and a forward pass after the steps equals one in a
     fresh context (the oracle: no stale copy can be left in a context entered afterwards)."""
-    _, scfg, task, _, lab, _, _, _ = tiny_toy(sft_warmup=1, sft_lr=3e-3, sft_batch=8)
-    examples = [task.fwm_example(t.x, t.action, t.y) for t in lab][:8]
+    _, scfg, codec, _, lab, _, _, _ = tiny_toy(sft_warmup=1, sft_lr=3e-3, sft_batch=8)
+    examples = [codec.fwm_example(t.x, t.action, t.y) for t in lab][:8]
 
     def train(dtype):
         _, _, autocast = train_llm.setup_devices(train_llm.LLMConfig(device="cpu", dtype=dtype))
         torch.manual_seed(0)
-        model = GPT(GPTConfig(vocab_size=task.tok.vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=64))
+        model = GPT(GPTConfig(vocab_size=codec.tok.vocab_size, block_size=48, n_layer=2, n_head=2, n_embd=64))
         with autocast:
             start = swirl.sft_loss(model, examples).item()
             swirl.sft(model, examples, None, scfg, random.Random(0), steps=30)
@@ -1044,7 +1019,7 @@ def _grad_worker(rank, path, result):
     model = tiny_model()
     x = torch.arange(24).view(4, 6) % 40
     model(x[2 * rank : 2 * rank + 2])[..., 0].sum().backward()
-    swirl.all_reduce_grads(model)
+    common.all_reduce_grads(model)
     torch.save([p.grad for p in model.parameters()], f"{result}.{rank}")
     torch.distributed.destroy_process_group()
 

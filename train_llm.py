@@ -21,17 +21,21 @@ Read this after train_toy.py: the algorithm is the same; only data, size and dev
 """
 
 import contextlib
+import copy
+import math
 import os
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
 import swirl
-from data import (DataError, bleu, bpe_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled, load_episodes,
-                  rouge_l, split_episodes, transitions)
+from common import config_dict, format_table, parse_options, rank_and_processes, write_results
+from data import (DataError, bpe_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled, load_episodes,
+                  make_codec, split_episodes, transitions)
 from model import GPT, GPTConfig, load_checkpoint, model_state, save_checkpoint
 
 
@@ -63,20 +67,71 @@ class LLMConfig:
     samples: int = 2  # held-out transitions printed at the end
 
 
-# Settings a preset changes; anything given on the command line wins over them.
+# Settings a preset changes (fields of LLMConfig, swirl.SwirlConfig or grpo.GRPOConfig); anything given on
+# the command line wins over them. beta = 1 on the text path is not yet the paper's 0.1 (README, "The paper
+# and this code").
 PRESETS = {
     "gpu": dict(sft_lr=6e-4, sft_batch=32, sft_max_steps=5000, sft_eval_every=250, steps_per_phase=100,
-                prompts_per_step=32, group_size=8, lr=2e-5, eval_batch=128),
+                prompts_per_step=32, group_size=8, lr=2e-5, beta=1.0),
     "cpu": dict(n_layer=2, n_head=4, n_embd=64, device="cpu", dtype="float32", max_eval=48, sft_lr=3e-3,
                 sft_batch=16, sft_max_steps=150, sft_eval_every=50, sft_patience=2, iterations=1,
-                steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2", eval_batch=64),
+                steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2", beta=1.0),
 }
 
 METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_bleu", "fwm_rougeL"]
 
 
+# ----------------------------------------------------------------------------------------------------
+# Text metrics for predicted next states (whitespace tokens; the paper reports BLEU and ROUGE-L)
+
+
 def text_metrics(predicted, real):
     return {"fwm_bleu": bleu(predicted, real), "fwm_rougeL": rouge_l(predicted, real)}
+
+
+def ngrams(words, n):
+    return Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
+def bleu(predictions, references, max_n=4):
+    """Corpus BLEU-4 (Papineni et al. 2002): clipped n-gram precisions summed over the whole corpus,
+    their geometric mean, times the brevity penalty exp(1 - ref_len / pred_len) when predictions are
+    shorter. A corpus with no matching n-gram of some order scores 0. Returns a fraction in [0, 1]."""
+    matches, totals = [0] * max_n, [0] * max_n
+    pred_len = ref_len = 0
+    for p, r in zip(predictions, references):
+        pw, rw = p.split(), r.split()
+        pred_len, ref_len = pred_len + len(pw), ref_len + len(rw)
+        for n in range(1, max_n + 1):
+            pc, rc = ngrams(pw, n), ngrams(rw, n)
+            matches[n - 1] += sum(min(c, rc[g]) for g, c in pc.items())
+            totals[n - 1] += max(0, len(pw) - n + 1)
+    if pred_len == 0 or min(matches) == 0:
+        return 0.0
+    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
+    brevity = 1.0 if pred_len > ref_len else math.exp(1 - ref_len / pred_len)
+    return brevity * math.exp(log_precision)
+
+
+def lcs_length(a, b):
+    """Length of the longest common subsequence of two lists (dynamic programming, one row at a time)."""
+    prev = [0] * (len(b) + 1)
+    for x in a:
+        cur = [0]
+        for j, y in enumerate(b):
+            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+        prev = cur
+    return prev[-1]
+
+
+def rouge_l(predictions, references):
+    """Mean ROUGE-L F1 over pairs: LCS of the word sequences, P = lcs / |pred|, R = lcs / |ref|."""
+    scores = []
+    for p, r in zip(predictions, references):
+        pw, rw = p.split(), r.split()
+        lcs = lcs_length(pw, rw)
+        scores.append(0.0 if lcs == 0 else 2 * lcs / (len(pw) + len(rw)))  # = 2PR / (P + R)
+    return sum(scores) / max(1, len(scores))
 
 
 def copy_baseline(test):
@@ -96,8 +151,9 @@ def configure(argv):
     if preset not in PRESETS:
         sys.exit(f"unknown --preset={preset}; choose one of {sorted(PRESETS)}")
     for key, value in PRESETS[preset].items():
-        setattr(cfg if hasattr(cfg, key) else scfg, key, value)
-    return swirl.parse_options(argv, cfg, scfg)
+        setattr(next(c for c in (cfg, scfg, scfg.grpo) if hasattr(c, key)), key, value)
+    parse_options(argv, cfg, scfg, scfg.grpo)
+    return cfg, scfg
 
 
 def load_data(cfg):
@@ -170,7 +226,7 @@ def setup_devices(cfg):
     # read the weights as they were then: optimiser steps would never reach the model (test_bf16_learns_...).
     ctx = (torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, cache_enabled=False)
            if dtype == "bfloat16" else contextlib.nullcontext())
-    return swirl.world()[0], device, ctx
+    return rank_and_processes()[0], device, ctx
 
 
 def model_factory(cfg, tok, device):
@@ -186,17 +242,80 @@ def model_factory(cfg, tok, device):
     return new_model, mcfg
 
 
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints and --resume: a run that is interrupted goes on where it stopped, with the same numbers
+
+
+def pair_state(pair):
+    """(fwm, idm) -> their state dicts (one when the weights are shared; None stays None)."""
+    if pair is None:
+        return None
+    fwm, idm = pair
+    return {"fwm": fwm.state_dict() if fwm is not None else None,
+            "idm": None if idm is None or idm is fwm else idm.state_dict()}
+
+
+def restore_pair(state, fwm_like, idm_like):
+    """The inverse of pair_state: fresh copies of the given models with the saved weights."""
+    if state is None:
+        return None
+    fwm = copy.deepcopy(fwm_like)
+    fwm.load_state_dict(state["fwm"])
+    if state["idm"] is None:
+        return (fwm, fwm) if fwm_like is idm_like else (fwm, None)
+    idm = copy.deepcopy(idm_like)
+    idm.load_state_dict(state["idm"])
+    return fwm, idm
+
+
+def run_state(run, optimizers):
+    """Everything swirl.run_swirl needs to continue after a stage: the models (now, at init, after SFT, the
+    iteration's references), the stages so far, the update steps taken, every random stream, and the
+    optimiser of the phase that just ended (each phase starts a fresh one, so resuming does not need
+    it; it is kept for inspection and for anyone who wants to continue that phase)."""
+    return {
+        "stages": copy.deepcopy(run.stages),
+        "step": run.swirl_steps,
+        "models": pair_state((run.fwm, run.idm)),
+        "init": pair_state(run.init),
+        "sft": pair_state(run.sft_models),
+        "refs": pair_state(run.refs),
+        "optimizers": {role: o.state_dict() for role, o in optimizers.items()},
+        "rng": run.rng.getstate(),
+        "generator": run.generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def resumer(state):
+    """swirl.run_swirl's resume: refill its fresh RunState from a run_state dict."""
+
+    def resume(run):
+        fwm, idm = run.fwm, run.idm
+        run.fwm, run.idm = restore_pair(state["models"], fwm, idm)
+        run.init, run.sft_models, run.refs = (restore_pair(state[k], fwm, idm) for k in ("init", "sft", "refs"))
+        if run.refs is not None:  # references are frozen
+            run.refs = tuple(r and r.eval().requires_grad_(False) for r in run.refs)
+        run.stages, run.swirl_steps = state["stages"], state["step"]
+        run.rng.setstate(state["rng"])
+        run.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+    return resume
+
+
 def checkpointer(cfg, config, rank, started):
     """After SFT and every phase: out_dir/<stage>.pt (models, optimiser, config, step, random state) and
     out_dir/resume.pt (everything run_swirl needs to go on). Ranks > 0 save only their random streams,
     which differ from rank 0's; the weights are the same on every rank."""
 
-    def checkpoint(name, fwm, idm, state):
+    def checkpoint(name, run, optimizers):
+        state = run_state(run, optimizers)
         streams = {k: state[k] for k in ("rng", "generator", "torch_rng")}
         if rank > 0:
             save_checkpoint(os.path.join(cfg.out_dir, f"resume.rank{rank}.pt"), **streams)
             return
-        save_checkpoint(os.path.join(cfg.out_dir, f"{name}.pt"), fwm=model_state(fwm), idm=model_state(idm),
+        save_checkpoint(os.path.join(cfg.out_dir, f"{name}.pt"), fwm=model_state(run.fwm), idm=model_state(run.idm),
                         optimizers=state["optimizers"], config=config, stage=name, step=state["step"], **streams)
         save_checkpoint(os.path.join(cfg.out_dir, "resume.pt"), config=config, wall_seconds=time.time() - started,
                         **state)
@@ -227,28 +346,28 @@ def main(argv):
     log = print if rank == 0 else (lambda *a, **k: None)
     resume = None
     if cfg.resume:
-        resume = load_resume(cfg, swirl.config_dict(cfg, scfg), rank)
+        resume = load_resume(cfg, config_dict(cfg, scfg), rank)
     started = time.time() - (resume["wall_seconds"] if resume else 0.0)  # wall time counts every session
     labelled, val, unlabelled, test = load_data(cfg)
     tok = make_tokenizer(cfg, labelled + val + unlabelled)
-    task = swirl.make_task(tok, cfg.block_size, labelled, unlabelled, scfg.shared, scfg.truncate)
-    task.state_ids, task.action_ids = task.state_ids.to(device), task.action_ids.to(device)
+    codec = make_codec(tok, cfg.block_size, labelled, unlabelled, scfg.shared, scfg.truncate).to(device)
     new_model, mcfg = model_factory(cfg, tok, device)
-    config = swirl.config_dict(cfg, scfg)
+    config = config_dict(cfg, scfg)
     log(f"{len(labelled)} labelled, {len(val)} val, {len(unlabelled)} unlabelled, {len(test)} test transitions; "
         f"{tok.vocab_size} tokens; models of {GPT(mcfg).num_params():,} parameters on {device} "
-        f"({swirl.world()[1]} process(es))")
+        f"({rank_and_processes()[1]} process(es))")
     log(f"reference, no model: predicting y = x {copy_baseline(test)}")
     with autocast:
         stages, (fwm, idm) = swirl.run_swirl(
-            scfg, task, new_model, labelled, val, unlabelled, test, seed=cfg.seed, extra_metrics=text_metrics,
-            checkpoint=checkpointer(cfg, config, rank, started), resume=resume, stop_after=cfg.stop_after or None, log=log)
-        samples = swirl.show_samples(fwm, idm, task, test, cfg.samples) if cfg.samples else ""
+            scfg, codec, new_model, labelled, val, unlabelled, test, seed=cfg.seed, extra_metrics=text_metrics,
+            checkpoint=checkpointer(cfg, config, rank, started), resume=resume and resumer(resume),
+            stop_after=cfg.stop_after or None, log=log)
+        samples = swirl.show_samples(fwm, idm, codec, test, cfg.samples) if cfg.samples else ""
     wall = time.time() - started
     if rank == 0:
-        swirl.write_results(cfg.out_dir, config, stages, wall)
+        write_results(cfg.out_dir, config, stages, wall)
         log(f"\nheld-out samples:\n\n{samples}" if samples else "")
-        log(f"\nheld-out results, {wall:.0f} s:\n\n{swirl.format_table(stages, METRICS)}\n\nwrote {cfg.out_dir}/results.json")
+        log(f"\nheld-out results, {wall:.0f} s:\n\n{format_table(stages, METRICS)}\n\nwrote {cfg.out_dir}/results.json")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 import swirl
-from data import Episode, byte_tokenizer, transitions
+from common import config_dict, format_table, mean_over_seeds, parse_options, write_results
+from data import Episode, byte_tokenizer, make_codec, transitions, with_action
+from grpo import GRPOConfig
 from model import GPT, GPTConfig, model_state, save_checkpoint
 from toy_envs import AGENT, BOX, GridWorld, consistent_actions, make_episodes
 
@@ -39,9 +41,9 @@ class ToyConfig:
     unlabelled_episodes: int = 200  # actions hidden: SWIRL's data
     test_episodes: int = 100  # held out: metrics only
     pretrain_episodes: int = 0  # 0: the FWM is pretrained on the unlabelled split's states; N > 0: on N
-    # episodes of their own, a stand-in for the text an LLM was pretrained on (README, "What we tried")
+    # episodes of their own, a stand-in for the text an LLM was pretrained on
     patrol: float = 0.0  # > 0: the unlabelled (and pretraining) logs come from an agent that moves left or
-    # right with this chance; the labelled, val and test episodes keep the even policy (README, "What we tried")
+    # right with this chance; the labelled, val and test episodes keep the even policy
     # the two models (each a small GPT over bytes)
     n_layer: int = 2
     n_head: int = 4
@@ -53,18 +55,17 @@ class ToyConfig:
     samples: int = 2  # held-out transitions printed at the end
 
 
-# The toy's defaults for swirl.SwirlConfig (train_llm.py keeps SwirlConfig's own). As the paper's LLMs are,
-# the FWM is pretrained on states before SFT (swirl.pretrain_fwm), so that what it still gets wrong after
-# SFT is what the actions do, which the IDM's reward can see; without it most wrong grids are copying
-# errors that the reward is blind to, and SWIRL gains about a point (README, "What we tried"). GRPO's rate
-# is 3e-4 here, the rate this setting was measured at. GRPO samples at temperature 1.5: at 1.0 about two in
-# three of Phase I's groups were G identical grids, which carry no signal; at 1.5 about half are, and from
-# the same SFT checkpoints two iterations gained more (seed 0: +8.6 points of exact match against -0.1).
-# Three iterations, and each phase keeps its best check on the held-out labelled split (every 25 steps), as
-# early stopping does for SFT and Bootstrap, so that a phase that drifts is undone instead of handed on:
-# over seeds 0-2, two plain iterations gained 4.5 points, three 6.9, three with the checks 9.5
-# (README, "What we tried", "A third iteration, and every method selected on the same held-out labels").
+# The toy's defaults for swirl.SwirlConfig and grpo.GRPOConfig (train_llm.py has its own). Each rests on a
+# measurement in NOTES.md:
+#   pretrain_steps    the FWM learns to copy grids from states alone before SFT, as the paper's LLMs come
+#                     pretrained; without it its errors are copying errors the IDM's reward cannot see
+#                     ("Without pretraining, SWIRL gains about a point");
+#   temperature 1.5   fewer of Phase I's groups are G identical grids ("Temperature 1.5 against 1.0");
+#   iterations 3, phase_eval_every 25: each phase keeps its best held-out check, as early stopping does for
+#                     SFT and Bootstrap ("A third iteration, and every method selected on the same held-out labels");
+#   lr 3e-4, beta 1   the rate and KL weight every toy table was measured at.
 TOY_SWIRL = dict(pretrain_steps=3000, lr=3e-4, temperature=1.5, iterations=3, phase_eval_every=25)
+TOY_GRPO = dict(beta=1.0)
 
 METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_cell_acc"]
 # Where the FWM is wrong (given the true action), as fractions of the held-out transitions; with fwm_exact
@@ -129,8 +130,8 @@ def make_data(cfg, seed):
                                   for i, (s, a) in enumerate(zip(states, actions))]))
         start += n
     labelled, val, unlabelled_truth, test, pretrain = parts
-    unlabelled = [swirl.replace_action(t, None) for t in unlabelled_truth]  # SWIRL never sees these actions
-    pretrain = [swirl.replace_action(t, None) for t in pretrain]  # states only, like every pretraining corpus
+    unlabelled = [with_action(t, None) for t in unlabelled_truth]  # SWIRL never sees these actions
+    pretrain = [with_action(t, None) for t in pretrain]  # states only, like every pretraining corpus
     return labelled, val, unlabelled, unlabelled_truth, test, pretrain
 
 
@@ -138,8 +139,7 @@ def run_seed(cfg, scfg, seed):
     labelled, val, unlabelled, unlabelled_truth, test, pretrain = make_data(cfg, seed)
     tok = byte_tokenizer()
     block = 2 * (cfg.size * (cfg.size + 1)) + 16  # two grids + the longest action + markers
-    task = swirl.make_task(tok, block, labelled, unlabelled + pretrain, scfg.shared)
-    task.state_ids, task.action_ids = task.state_ids.to(cfg.device), task.action_ids.to(cfg.device)
+    codec = make_codec(tok, block, labelled, unlabelled + pretrain, scfg.shared).to(cfg.device)
     mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block, n_layer=cfg.n_layer, n_head=cfg.n_head,
                      n_embd=cfg.n_embd)
     # the IDM is scored only where one action explains the change (see toy_envs/gridworld.py)
@@ -147,18 +147,18 @@ def run_seed(cfg, scfg, seed):
     identifiable = [len(consistent_actions(t.x, t.y, actions)) == 1 for t in test]
     seed_dir = os.path.join(cfg.out_dir, f"seed{seed}")
 
-    def checkpoint(name, fwm, idm, state):  # the toy keeps the models only; train_llm.py also resumes
-        save_checkpoint(os.path.join(seed_dir, f"{name}.pt"), fwm=model_state(fwm), idm=model_state(idm),
-                        config=swirl.config_dict(cfg, scfg), stage=name)
+    def checkpoint(name, run, optimizers):  # the toy keeps the models only; train_llm.py also resumes
+        save_checkpoint(os.path.join(seed_dir, f"{name}.pt"), fwm=model_state(run.fwm), idm=model_state(run.idm),
+                        config=config_dict(cfg, scfg), stage=name)
 
     print(f"seed {seed}: {len(labelled)} labelled, {len(val)} val, {len(unlabelled)} unlabelled, "
           f"{len(test)} test transitions; models of {GPT(mcfg).num_params():,} parameters")
     stages, (fwm, idm) = swirl.run_swirl(
-        scfg, task, lambda: GPT(mcfg).to(cfg.device), labelled, val, unlabelled, test, seed=seed,
+        scfg, codec, lambda: GPT(mcfg).to(cfg.device), labelled, val, unlabelled, test, seed=seed,
         idm_counted=identifiable, extra_metrics=toy_metrics, unlabelled_truth=unlabelled_truth,
         pretrain_pairs=pretrain or None, checkpoint=checkpoint,
     )
-    return stages, (fwm, idm, task, test)
+    return stages, (fwm, idm, codec, test)
 
 
 def plot(stages, path):
@@ -183,7 +183,8 @@ def plot(stages, path):
 
 
 def main(argv):
-    cfg, scfg = swirl.parse_options(argv, ToyConfig(), swirl.SwirlConfig(**TOY_SWIRL))
+    cfg, scfg = ToyConfig(), swirl.SwirlConfig(**TOY_SWIRL, grpo=GRPOConfig(**TOY_GRPO))
+    parse_options(argv, cfg, scfg, scfg.grpo)
     try:
         log_world(cfg)  # a bad world option (--max_step=0, --patrol=2) stops here, before any training
     except ValueError as e:
@@ -194,18 +195,17 @@ def main(argv):
     for seed in range(cfg.seeds):
         stages, last = run_seed(cfg, scfg, seed)
         runs.append(stages)
-    stages = swirl.mean_over_seeds(runs)
+    stages = mean_over_seeds(runs)
     wall = time.time() - t0
-    swirl.write_results(cfg.out_dir, swirl.config_dict(cfg, scfg), stages, wall)
-    fwm, idm, task, test = last
+    write_results(cfg.out_dir, config_dict(cfg, scfg), stages, wall)
     if cfg.samples:
         print("\nheld-out samples (last seed, final SWIRL models):\n")
-        print(swirl.show_samples(fwm, idm, task, test, cfg.samples))
+        print(swirl.show_samples(*last, cfg.samples))
     over = f"mean ± std over {cfg.seeds} seeds" if cfg.seeds > 1 else "seed 0"
     print(f"\nheld-out results ({over}), {wall:.0f} s:\n")
-    print(swirl.format_table(stages, METRICS))
+    print(format_table(stages, METRICS))
     print("\nwhere the FWM is wrong (fractions of the held-out transitions; see ERROR_KINDS):\n")
-    print(swirl.format_table(stages, ["fwm_exact"] + ERROR_KINDS))
+    print(format_table(stages, ["fwm_exact"] + ERROR_KINDS))
     drew = plot(stages, os.path.join(cfg.out_dir, "metrics.png"))
     print(f"\nwrote {cfg.out_dir}/results.json" + (f" and {cfg.out_dir}/metrics.png" if drew else ""))
 

@@ -1,0 +1,148 @@
+"""
+common.py: the plumbing every script needs and no reader of the algorithm should have to step over.
+
+  - command-line options: `--key=value` for any field of the given dataclasses (as nanoGPT's
+    configurator.py does, without exec);
+  - several processes (torchrun): this process's rank, and averaging gradients over processes;
+  - results: out_dir/results.json, mean +/- std over seeds, markdown tables, a few held-out samples.
+
+Imports only the standard library and torch, so every other module may import it.
+
+Read next: nothing; come here when a script calls something you want to see.
+"""
+
+import json
+import os
+import sys
+from dataclasses import asdict, fields, is_dataclass
+
+import torch
+
+# ----------------------------------------------------------------------------------------------------
+# Command-line options: --key=value for any field of the given dataclasses; unknown keys are an error
+
+
+def parse_options(argv, *configs):
+    """Apply `--key=value` overrides to dataclass instances in place. Values are converted to the
+    field's type; an unknown key or a bad value exits with the list of known options. A field that is
+    itself a dataclass (SwirlConfig.grpo) is not an option: pass that dataclass too, and its fields are."""
+    known = {f.name: c for c in configs for f in fields(c) if not is_dataclass(getattr(c, f.name))}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            sys.exit(f"bad argument {arg!r}: options look like --key=value (e.g. --iterations=2)")
+        key, value = arg[2:].split("=", 1)
+        if key not in known:
+            sys.exit(f"unknown option --{key}. Known options:\n  " + "\n  ".join(f"--{k}" for k in sorted(known)))
+        obj = known[key]
+        setattr(obj, key, convert(value, type(getattr(obj, key)), key))
+    return configs
+
+
+def convert(value, typ, key):
+    try:
+        if typ is bool:
+            if value.lower() in ("1", "true", "yes"):
+                return True
+            if value.lower() in ("0", "false", "no"):
+                return False
+            raise ValueError
+        converted = typ(value)
+    except ValueError:
+        sys.exit(f"bad value for --{key}: {value!r} is not a {typ.__name__}")
+    if typ is int and converted < 0:  # every int option is a count, a size or a period
+        sys.exit(f"bad value for --{key}: {value!r}; it counts something, so it must be 0 or more")
+    return converted
+
+
+def config_dict(*configs):
+    """All settings of a run as one flat dict (a nested dataclass becomes a nested dict)."""
+    return {k: v for c in configs for k, v in asdict(c).items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Several processes (torchrun): each samples its own groups; gradients are averaged by hand
+
+
+def rank_and_processes():
+    """(this process's rank, number of processes): (0, 1) unless running under torchrun."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def all_reduce_grads(model):
+    """Average gradients over processes: what DistributedDataParallel does in backward. We call it by
+    hand after backward because the same module also samples with a KV cache and is deep-copied into
+    references and reward models, which a DDP wrapper would get in the way of."""
+    _, n = rank_and_processes()
+    if n == 1:
+        return
+    for p in model.parameters():
+        if p.grad is None:  # every rank must join every all_reduce, used or not
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+        p.grad /= n
+
+
+# ----------------------------------------------------------------------------------------------------
+# Results: results.json, mean over seeds, tables, samples
+
+
+def write_results(out_dir, config, stages, wall_seconds):
+    """out_dir/results.json, the shape other tools read, written to a temporary file and renamed."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump({"config": config, "wall_seconds": wall_seconds, "stages": stages}, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def mean_over_seeds(runs):
+    """runs: one list of stages per seed (same stage order) -> one list with means and <metric>_std."""
+    out = []
+    for rows in zip(*runs):
+        row = {"stage": rows[0]["stage"]}
+        for k in rows[0]:
+            if k == "stage":
+                continue
+            vals = torch.tensor([r[k] for r in rows], dtype=torch.float64)
+            row[k] = float(vals.mean())
+            if len(rows) > 1:
+                row[k + "_std"] = float(vals.std(unbiased=True))
+        out.append(row)
+    return out
+
+
+def format_stats(stats):
+    return " ".join(f"{k}={v:.3g}" for k, v in stats.items())
+
+
+def format_row(stage):
+    cells = " ".join(f"{k}={v:.3f}" for k, v in stage.items() if k != "stage")
+    return f"  {stage['stage']:16s} {cells}"
+
+
+def format_table(stages, metrics):
+    """Markdown table, one row per stage; `<metric>_std` beside a metric prints as mean +/- std."""
+    head = "| stage | " + " | ".join(metrics) + " |"
+    rows = [head, "|" + "---|" * (len(metrics) + 1)]
+    for s in stages:
+        cells = []
+        for m in metrics:
+            v = s.get(m)
+            std = s.get(m + "_std")
+            cells.append("" if v is None else f"{v:.3f}" + (f" ± {std:.3f}" if std is not None else ""))
+        rows.append(f"| {s['stage']} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def format_samples(transitions, inferred_actions, predicted_states):
+    """Held-out transitions as a student wants to see them: x, the IDM's action, the FWM's y, the real y."""
+    blocks = []
+    for t, z, y in zip(transitions, inferred_actions, predicted_states):
+        blocks.append(
+            f"x:\n{t.x}\nIDM's action: {z!r}   (true: {t.action!r})\n"
+            f"FWM's next state given that action:\n{y}\nreal next state:\n{t.y}\n"
+            f"{'match' if y == t.y else 'MISMATCH'}"
+        )
+    return "\n\n".join(blocks)
