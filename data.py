@@ -64,10 +64,11 @@ class Tokenizer:
     """A tiktoken.Encoding plus the ids of our special tokens. Text never produces a special token:
     encode() treats "<|end|>" inside a state as ordinary characters."""
 
-    def __init__(self, enc: tiktoken.Encoding):
+    def __init__(self, enc: tiktoken.Encoding, n_text: int):
         self.enc = enc
         self.name = enc.name
         self.vocab_size = enc.n_vocab
+        self.n_text = n_text  # ids 0 .. n_text-1 are text (bytes and their merges); the specials come after
         ids = {s: enc.encode_single_token(s) for s in SPECIALS}
         self.state_id, self.action_id, self.next_id = ids[STATE], ids[ACTION], ids[NEXT]
         self.end_id, self.pad_id = ids[END], ids[PAD]
@@ -84,11 +85,19 @@ class Tokenizer:
             ids = ids[: ids.index(self.end_id)]
         return self.enc.decode([i for i in ids if i not in self.special_ids])
 
-    def allowed_ids(self, texts):
-        """(vocab,) bool mask of the tokens that appear in `texts`, plus <|end|>: the paper's logit mask
-        that keeps a model's outputs in its own vocabulary (state tokens for the FWM, action tokens for
-        the IDM)."""
-        allowed = torch.zeros(self.vocab_size, dtype=torch.bool)
+    def text_ids(self, vocab_size=None):
+        """(vocab_size,) bool mask of every text token, plus <|end|>: a role may write any text and then
+        stop, but never a marker, a pad or the other role's token (the paper's masks keep each output in
+        its modality; they are not word lists). vocab_size: the model's rows, when padded past ours."""
+        allowed = torch.zeros(vocab_size or self.vocab_size, dtype=torch.bool)
+        allowed[: self.n_text] = True
+        allowed[self.end_id] = True
+        return allowed
+
+    def seen_ids(self, texts, vocab_size=None):
+        """(vocab_size,) bool mask of the tokens that appear in `texts`, plus <|end|>: for a closed world
+        whose states are written in a fixed alphabet (the toy's grid symbols, its four action words)."""
+        allowed = torch.zeros(vocab_size or self.vocab_size, dtype=torch.bool)
         for text in texts:
             allowed[self.encode(text)] = True
         allowed[self.end_id] = True
@@ -98,7 +107,8 @@ class Tokenizer:
 def _with_specials(name, pat_str, ranks):
     first = max(ranks.values()) + 1
     specials = {s: first + i for i, s in enumerate(SPECIALS)}
-    return Tokenizer(tiktoken.Encoding(name=name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=specials))
+    return Tokenizer(tiktoken.Encoding(name=name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=specials),
+                     n_text=first)
 
 
 def byte_tokenizer():
@@ -179,20 +189,61 @@ def bpe_tokenizer(texts, vocab_size, cache_path=None):
     return _with_specials(f"swirl-bpe{vocab_size}", SPLIT_PATTERN, ranks)
 
 
-def gpt2_tokenizer():
-    """GPT-2's BPE from tiktoken plus our specials. tiktoken downloads the vocabulary on first use, so
-    offline (and on a fresh CI machine) this fails: we say so instead of hanging on a network error."""
-    try:
-        base = tiktoken.get_encoding("gpt2")
-    except Exception as e:  # network errors come in many types; all mean the same here
-        raise RuntimeError(
-            f"could not load tiktoken's gpt2 vocabulary ({type(e).__name__}: {e}). It is downloaded on first "
-            "use; run once with internet access, or use --tokenizer=bpe (trained offline on your data)."
-        ) from None
-    ranks = base._mergeable_ranks
-    specials = {s: base.n_vocab + i for i, s in enumerate(SPECIALS)}
-    enc = tiktoken.Encoding(name="swirl-gpt2", pat_str=base._pat_str, mergeable_ranks=ranks, special_tokens=specials)
-    return Tokenizer(enc)
+# GPT-2's rule for cutting text into chunks before BPE (contractions, letters, digits, other symbols, spaces)
+GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def gpt2_tokenizer(folder=None):
+    """GPT-2's BPE plus our specials, after GPT-2's 50,257 ids (its <|endoftext|>, id 50,256, is unused).
+
+    With a folder that holds Hugging Face's vocab.json and merges.txt (GPT-2's encoder.json and vocab.bpe
+    under other names), read from there, offline; otherwise from tiktoken, which downloads the vocabulary
+    on first use and fails offline: we say so, with the fix, instead of a network error."""
+    if folder is not None and os.path.exists(os.path.join(folder, "vocab.json")):
+        ranks = gpt2_ranks(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"))
+        pat_str = GPT2_SPLIT_PATTERN
+    else:
+        try:
+            base = tiktoken.get_encoding("gpt2")
+        except Exception as e:  # network errors come in many types; all mean the same here
+            raise DataError(
+                f"could not load tiktoken's gpt2 vocabulary ({type(e).__name__}: {e}). It is downloaded on first "
+                "use. Fix: run once with internet access, put GPT-2's vocab.json and merges.txt in the --init_from "
+                "folder, or use --tokenizer=bpe (trained offline on your data)."
+            ) from None
+        ranks, pat_str = base._mergeable_ranks, base._pat_str
+    first = max(ranks.values()) + 2  # after <|endoftext|>, so that GPT-2's rows keep their ids
+    specials = {s: first + i for i, s in enumerate(SPECIALS)}
+    enc = tiktoken.Encoding(name="swirl-gpt2", pat_str=pat_str, mergeable_ranks=ranks, special_tokens=specials)
+    return Tokenizer(enc, n_text=len(ranks))
+
+
+def gpt2_byte_alphabet():
+    """GPT-2's files write each byte as a printable character: printable Latin-1 bytes stand for
+    themselves, the other 68 (space, control bytes, ...) for the characters 256, 257, ... in byte order."""
+    printable = [b for b in range(256) if chr(b).isprintable() and b != ord(" ")]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
+def gpt2_ranks(vocab_path, merges_path):
+    """tiktoken's {token bytes: rank} from vocab.json ({token: id}) and merges.txt ("a b" per line, in the
+    order they were learned). A token's id is its rank, and merge i must make the token of id 256 + i:
+    we check that, since tiktoken applies merges in rank order."""
+    for path in (vocab_path, merges_path):
+        if not os.path.exists(path):
+            raise DataError(f"{path}: no such file. Fix: put GPT-2's vocab.json and merges.txt beside its weights.")
+    byte_of = gpt2_byte_alphabet()
+    decode = lambda token: bytes(byte_of[c] for c in token)  # noqa: E731
+    with open(vocab_path, encoding="utf-8") as f:
+        ranks = {decode(t): i for t, i in json.load(f).items() if t != "<|endoftext|>"}
+    with open(merges_path, encoding="utf-8") as f:
+        merges = [line.split() for line in f.read().split("\n")[1:] if line.strip()]  # line 1: "#version"
+    for i, (a, b) in enumerate(merges):
+        if ranks.get(decode(a) + decode(b)) != 256 + i:
+            raise DataError(f"{merges_path}:{i + 2}: merge {a!r} + {b!r} is not token {256 + i} of {vocab_path}. "
+                            "Fix: use the vocab.json and merges.txt of one and the same tokenizer.")
+    return ranks
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -309,15 +360,19 @@ class Codec:
         return self
 
 
-def make_codec(tok, block_size, labelled, unlabelled, shared=False, truncate=False):
-    """Logit masks and lengths from the training data: states from every pair, actions from the labels."""
+def make_codec(tok, block_size, labelled, unlabelled, shared=False, truncate=False, closed_world=False,
+               vocab_size=None):
+    """Logit masks and lengths from the training data: states from every pair, actions from the labels.
+    Text may hold words no training state had, so each role may write any text (Tokenizer.text_ids);
+    closed_world=True (the toy) keeps each role to the tokens its training outputs use, the analogue of
+    the paper's masks that keep image tokens and text tokens apart. vocab_size: the model's rows."""
     states = {t.x for t in labelled + unlabelled} | {t.y for t in labelled + unlabelled}
     actions = {t.action for t in labelled}
     return Codec(
         tok=tok,
         block_size=block_size,
-        state_ids=tok.allowed_ids(states),
-        action_ids=tok.allowed_ids(actions),
+        state_ids=tok.seen_ids(states, vocab_size) if closed_world else tok.text_ids(vocab_size),
+        action_ids=tok.seen_ids(actions, vocab_size) if closed_world else tok.text_ids(vocab_size),
         max_state_tokens=max(len(tok.encode(s)) for s in states) + 1,
         max_action_tokens=max(len(tok.encode(a)) for a in actions) + 1,
         shared=shared,

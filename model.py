@@ -10,7 +10,9 @@ SWIRL asks of a language model:
      (SFT, both rewards and GRPO all use it);
   2. generate: batched sampling with a KV cache, temperature / top-k / top-p, an optional set of
      allowed token ids (the paper's logit masks), per-row stop at an end token;
-  3. checkpoint helpers that write atomically.
+  3. checkpoint helpers that write atomically;
+  4. gpt2_from_folder: GPT-2's pretrained weights (Hugging Face's config.json + model.safetensors),
+     read by our own few-dozen-line reader of the safetensors format, into this GPT.
 
 Padding. Prompts in one batch have different lengths, so we pad on the LEFT and carry an attention
 mask (1 = real token). Two details make padding invisible to every row:
@@ -22,6 +24,7 @@ mask (1 = real token). Two details make padding invisible to every row:
 Read next: grpo.py (the RL update), then data.py (text -> tensors), then swirl.py (the algorithm).
 """
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -40,6 +43,7 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0  # keep 0 for GRPO: the ratio new/old must compare the same function
     bias: bool = False
+    gelu: str = "none"  # F.gelu's approximation: "none" (exact) or "tanh" (GPT-2's)
 
 
 class CausalSelfAttention(nn.Module):
@@ -78,9 +82,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
+        self.gelu = cfg.gelu
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.gelu)))
 
 
 class Block(nn.Module):
@@ -293,3 +298,99 @@ def model_from_state(state, device="cpu"):
 
 def load_checkpoint(path, device="cpu"):
     return torch.load(path, map_location=device, weights_only=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pretrained GPT-2 (`--init_from=gpt2`): Hugging Face's files, read without transformers or safetensors
+
+
+class WeightsError(ValueError):
+    """A weights folder that cannot be read: the message names the file and the fix."""
+
+
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                      "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path):
+    """{name: tensor} from a .safetensors file. The format, in full:
+        8 bytes        N, the header's length, an unsigned little-endian integer;
+        N bytes        a JSON header {name: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}}
+                       (and an optional "__metadata__" entry of strings);
+        the rest       every tensor's raw little-endian bytes, at [begin, end) counted from here."""
+    fix = "Fix: download the file again, or point --init_from at a folder with a complete model.safetensors."
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise WeightsError(f"{path}: not a safetensors file (header of {n} bytes in a file of {size}). {fix}")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise WeightsError(f"{path}: its header is not JSON. {fix}") from None
+        header.pop("__metadata__", None)
+        tensors = {}
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            if 8 + n + end > size:
+                raise WeightsError(f"{path}: truncated ({size} bytes; tensor {name} ends at byte {8 + n + end}). {fix}")
+            if info["dtype"] not in SAFETENSORS_DTYPES:
+                raise WeightsError(f"{path}: tensor {name} has dtype {info['dtype']}, which this reader does not know.")
+            f.seek(8 + n + begin)
+            raw = bytearray(f.read(end - begin))  # a writable buffer: the tensor owns its memory
+            flat = torch.frombuffer(raw, dtype=SAFETENSORS_DTYPES[info["dtype"]]) if raw else torch.zeros(0)
+            tensors[name] = flat.reshape(info["shape"])
+    return tensors
+
+
+def gpt2_config(folder, vocab_size):
+    """GPTConfig from a Hugging Face GPT-2 config.json; vocab_size: the rows the model needs (GPT-2's
+    vocabulary plus our special tokens, see gpt2_from_folder)."""
+    path = os.path.join(folder, "config.json")
+    with open(path) as f:
+        hf = json.load(f)
+    if hf.get("model_type") != "gpt2" or hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise WeightsError(f"{path}: not a GPT-2 config (model_type {hf.get('model_type')!r}, activation "
+                           f"{hf.get('activation_function')!r}). Fix: --init_from takes GPT-2 models only.")
+    return GPTConfig(vocab_size=vocab_size, block_size=hf["n_positions"], n_layer=hf["n_layer"], n_head=hf["n_head"],
+                     n_embd=hf["n_embd"], dropout=0.0, bias=True, gelu="tanh")
+
+
+def gpt2_from_folder(folder, vocab_size):
+    """A GPT with GPT-2's weights from folder/config.json and folder/model.safetensors.
+
+    Names: Hugging Face's h.{i}.* are our blocks.{i}.*, with or without the "transformer." prefix that
+    GPT2LMHeadModel adds. GPT-2's linear layers are Conv1D modules, whose weights are stored (in, out): we
+    transpose them to nn.Linear's (out, in). The output layer is tied to the embedding, so lm_head.weight
+    (when present) is the same tensor. vocab_size > GPT-2's rows: the extra rows (our special tokens, then
+    padding to a multiple of 64) start as the mean of GPT-2's rows, a token that is like no word in
+    particular; no ordinary token's logit changes, since each is its own row times the final hidden state."""
+    cfg = gpt2_config(folder, vocab_size)
+    path = os.path.join(folder, "model.safetensors")
+    if not os.path.exists(path):
+        raise WeightsError(f"{path}: no such file. Fix: put GPT-2's model.safetensors there (see the README).")
+    hf = {k.removeprefix("transformer."): v for k, v in read_safetensors(path).items()}
+    model = GPT(cfg)
+    ours = model.state_dict()
+    transposed = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+    with torch.no_grad():
+        for name, param in ours.items():
+            key = name.replace("blocks.", "h.", 1)
+            if name == "lm_head.weight":
+                continue  # tied to wte
+            if key not in hf:
+                raise WeightsError(f"{path}: no tensor {key}. Fix: --init_from takes GPT-2 models only.")
+            value = hf[key].t() if key.endswith(transposed) else hf[key]
+            if name == "wte.weight":
+                rows = value.size(0)
+                if rows > vocab_size:
+                    raise WeightsError(f"{path}: {rows} embedding rows, more than the {vocab_size} asked for.")
+                param[:rows] = value
+                param[rows:] = value.float().mean(dim=0)
+            elif value.shape != param.shape:
+                raise WeightsError(f"{path}: {key} has shape {tuple(value.shape)}, config.json says {tuple(param.shape)}.")
+            else:
+                param.copy_(value)
+    return model

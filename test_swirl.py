@@ -466,7 +466,7 @@ def tiny_toy(shared=False, **over):
                                         group_size=2, shared=shared, best_of="2"), **over})
     lab, val, unl, unl_truth, test, _ = train_toy.make_data(cfg, 0)
     tok = data.byte_tokenizer()
-    codec = data.make_codec(tok, 48, lab, unl, shared)
+    codec = data.make_codec(tok, 48, lab, unl, shared, closed_world=True)
     new = lambda: GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=48, n_layer=1, n_head=2, n_embd=16))
     return cfg, scfg, codec, new, lab, val, unl, test
 
@@ -1032,3 +1032,141 @@ def test_all_reduce_grads_equals_the_full_batch_gradient(tmp_path):
     for rank in (0, 1):
         for g, p in zip(torch.load(tmp_path / f"g.{rank}"), model.parameters()):
             assert torch.allclose(g, p.grad, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A pretrained start (--init_from): our safetensors reader and GPT-2 loader against transformers' GPT-2
+
+
+from model import WeightsError, gpt2_from_folder, read_safetensors  # noqa: E402
+
+
+def classic_bytes_to_unicode():
+    """GPT-2's own byte -> character table (as in its encoder.py), written independently of data.py."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+# a small BPE of its own, in GPT-2's file format: 256 byte tokens, these merges (ids 256...), <|endoftext|>
+SMALL_MERGES = [("h", "e"), ("t", "he"), ("Ġ", "the"), ("o", "o"), ("r", "oo"), ("roo", "m"), ("Ġ", "room")]
+SMALL_VOCAB = 256 + len(SMALL_MERGES) + 1
+
+
+def write_gpt2_tokenizer(folder):
+    chars = classic_bytes_to_unicode()
+    vocab = {chars[b]: i for i, b in enumerate(chars)}  # GPT-2 numbers the bytes in this table's order
+    for i, (a, b) in enumerate(SMALL_MERGES):
+        vocab[a + b] = 256 + i
+    vocab["<|endoftext|>"] = SMALL_VOCAB - 1
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in SMALL_MERGES))
+
+
+def saved_gpt2(folder, n_positions=64):
+    """A random transformers GPT2LMHeadModel with the small vocabulary, saved as Hugging Face saves GPT-2."""
+    transformers = pytest.importorskip("transformers", reason="transformers is the oracle (a test-only dependency)")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=SMALL_VOCAB, n_positions=n_positions, n_embd=32, n_layer=2, n_head=2,
+                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    folder.mkdir(exist_ok=True)
+    hf.save_pretrained(folder)
+    write_gpt2_tokenizer(folder)
+    return hf
+
+
+def test_safetensors_reader_by_hand(tmp_path):
+    a = torch.arange(6, dtype=torch.float32).view(2, 3)
+    b = torch.tensor([1.5, -2.0], dtype=torch.bfloat16)
+    header = {"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
+              "b": {"dtype": "BF16", "shape": [2], "data_offsets": [24, 28]}, "__metadata__": {"format": "pt"}}
+    head = json.dumps(header).encode()
+    raw = len(head).to_bytes(8, "little") + head + a.numpy().tobytes() + b.view(torch.int16).numpy().tobytes()
+    (tmp_path / "w.safetensors").write_bytes(raw)
+    got = read_safetensors(str(tmp_path / "w.safetensors"))
+    assert set(got) == {"a", "b"} and torch.equal(got["a"], a) and torch.equal(got["b"], b)
+    (tmp_path / "cut.safetensors").write_bytes(raw[:-3])
+    with pytest.raises(WeightsError, match=r"cut.safetensors: truncated"):
+        read_safetensors(str(tmp_path / "cut.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 20)
+    with pytest.raises(WeightsError, match="not a safetensors file"):
+        read_safetensors(str(tmp_path / "junk.safetensors"))
+
+
+def test_gpt2_loader_equals_transformers_with_padding(tmp_path):
+    hf = saved_gpt2(tmp_path / "gpt2")
+    model = gpt2_from_folder(str(tmp_path / "gpt2"), vocab_size=SMALL_VOCAB).eval()
+    rows = [[5, 9, 200, 31, 7, 260], [40, 41, 42]]
+    ids, attn, _ = data.collate(rows, pad_id=0)  # left-padded, as every batch here is
+    with torch.no_grad():
+        ours = model(ids, attn)  # (2, 6, V)
+        for r, row in enumerate(rows):  # the oracle: transformers on each row alone, unpadded
+            theirs = hf(torch.tensor([row])).logits[0]
+            assert torch.allclose(ours[r, -len(row):], theirs, atol=1e-4), r
+
+
+def test_added_token_rows_change_no_ordinary_logit(tmp_path):
+    saved_gpt2(tmp_path / "gpt2")
+    exact = gpt2_from_folder(str(tmp_path / "gpt2"), vocab_size=SMALL_VOCAB).eval()
+    padded = gpt2_from_folder(str(tmp_path / "gpt2"), vocab_size=320).eval()  # our specials, then padding to 64s
+    x = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        assert torch.allclose(padded(x)[..., :SMALL_VOCAB], exact(x), atol=1e-5)
+    assert torch.allclose(padded.wte.weight[SMALL_VOCAB:], exact.wte.weight.mean(0).expand(320 - SMALL_VOCAB, -1))
+
+
+def test_gpt2_tokenizer_from_files_equals_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers' GPT-2 tokenizer is the oracle")
+    write_gpt2_tokenizer(tmp_path)
+    tok = data.gpt2_tokenizer(str(tmp_path))
+    theirs = transformers.GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    for text in ["the room", "The  rooms\nthere, 3 rooms!", "héllo wörld"]:
+        assert tok.encode(text) == theirs.encode(text) and tok.decode(tok.encode(text)) == text
+    assert min(tok.special_ids) == SMALL_VOCAB and tok.n_text == SMALL_VOCAB - 1  # <|endoftext|> keeps its id
+    (tmp_path / "merges.txt").write_text("#version: 0.2\no o\nh e\n")  # merges out of order with vocab.json
+    with pytest.raises(data.DataError, match=r"merges.txt:2: merge 'o' \+ 'o' is not token 256"):
+        data.gpt2_tokenizer(str(tmp_path))
+
+
+def test_train_llm_from_a_saved_gpt2(tmp_path):
+    saved_gpt2(tmp_path / "gpt2", n_positions=96)
+    args = tiny_text_data(tmp_path) + ["--samples=0", "--iterations=1", f"--init_from={tmp_path / 'gpt2'}"]
+    train_llm.main(args + [f"--out_dir={tmp_path / 'run'}"])
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [s["stage"] for s in res["stages"]] == ["sft", "swirl_it1_fwm", "swirl_it1_idm", "bootstrap",
+                                                   "sft_continue", "best_of_2"]
+    assert res["config"]["sft_lr"] == train_llm.FROM_PRETRAINED["sft_lr"]  # a pretrained start fine-tunes
+    ckpt = load_checkpoint(str(tmp_path / "run" / "sft.pt"))
+    assert ckpt["fwm"]["config"]["vocab_size"] == 320 and ckpt["fwm"]["config"]["gelu"] == "tanh"
+
+
+def test_pretrained_start_errors(tmp_path, monkeypatch):
+    args = tiny_text_data(tmp_path) + [f"--cache_dir={tmp_path / 'cache'}"]
+    with pytest.raises(SystemExit, match="--init_from=nowhere: neither scratch"):
+        train_llm.cli(args + ["--init_from=nowhere"])
+
+    def offline(*a, **kw):
+        raise train_llm.urllib.error.URLError("no network")
+
+    monkeypatch.setattr(train_llm.urllib.request, "urlopen", offline)
+    with pytest.raises(SystemExit, match=r"could not download .*gpt2/resolve/main/config.json .*put config.json, "
+                                         r"model.safetensors, vocab.json, merges.txt of that model in .*cache/gpt2"):
+        train_llm.cli(args + ["--init_from=gpt2"])
+    folder = tmp_path / "notgpt2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "n_positions": 64}))
+    write_gpt2_tokenizer(folder)
+    with pytest.raises(SystemExit, match=r"config.json: not a GPT-2 config \(model_type 'llama'"):
+        train_llm.cli(args + [f"--init_from={folder}"])
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 64, "n_layer": 1,
+                                                    "n_head": 2, "n_embd": 32}))
+    with pytest.raises(SystemExit, match=r"model.safetensors: no such file"):
+        train_llm.cli(args + [f"--init_from={folder}"])
+

@@ -27,6 +27,7 @@ import os
 import random
 import sys
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 
@@ -36,7 +37,8 @@ import swirl
 from common import config_dict, format_table, parse_options, rank_and_processes, write_results
 from data import (DataError, bpe_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled, load_episodes,
                   make_codec, split_episodes, transitions)
-from model import GPT, GPTConfig, load_checkpoint, model_state, save_checkpoint
+from model import GPT, GPTConfig, WeightsError, gpt2_from_folder, load_checkpoint, model_state, save_checkpoint
+from tqdm import tqdm
 
 
 @dataclass
@@ -47,7 +49,12 @@ class LLMConfig:
     preset: str = "gpu"  # "gpu" (these defaults) or "cpu" (see PRESETS); explicit options win over both
     tokenizer: str = "bpe"  # "bpe" (trained on the training data, offline) or "gpt2" (needs tiktoken's download)
     vocab_size: int = 2048  # of the trained BPE
-    # the model (each role is one GPT; ~30M parameters with these defaults)
+    # where both models start: "scratch" (the sizes below), "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"
+    # (downloaded once into --cache_dir), or a folder with GPT-2's config.json, model.safetensors, vocab.json
+    # and merges.txt (offline). A pretrained start brings its own sizes and tokenizer.
+    init_from: str = "scratch"
+    cache_dir: str = os.path.join(os.path.expanduser("~"), ".cache", "swirl")
+    # the model from scratch (each role is one GPT; ~30M parameters with these defaults)
     n_layer: int = 8
     n_head: int = 8
     n_embd: int = 512
@@ -150,7 +157,9 @@ def configure(argv):
     preset = presets[-1] if presets else cfg.preset
     if preset not in PRESETS:
         sys.exit(f"unknown --preset={preset}; choose one of {sorted(PRESETS)}")
-    for key, value in PRESETS[preset].items():
+    starts = [a.split("=", 1)[1] for a in argv if a.startswith("--init_from=")]
+    pretrained = FROM_PRETRAINED if starts and starts[-1] != "scratch" else {}
+    for key, value in {**PRESETS[preset], **pretrained}.items():
         setattr(next(c for c in (cfg, scfg, scfg.grpo) if hasattr(c, key)), key, value)
     parse_options(argv, cfg, scfg, scfg.grpo)
     return cfg, scfg
@@ -193,13 +202,56 @@ def load_data(cfg):
     return labelled, val, unlabelled, test
 
 
-def make_tokenizer(cfg, train):
+# A pretrained start fine-tunes (swirl.warm_start's finetune_lr is for the toy's pretrained FWM only); this
+# rate is nanoGPT's order for fine-tuning GPT-2, not one we have measured. Options given on the command line win.
+FROM_PRETRAINED = dict(sft_lr=1e-4)
+GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+GPT2_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
+HUB_URL = "https://huggingface.co/{model}/resolve/main/{file}"
+
+
+def pretrained_folder(cfg):
+    """The folder that holds the pretrained model's files (downloading a named GPT-2 there first), or
+    None for a start from scratch."""
+    if cfg.init_from == "scratch":
+        return None
+    if cfg.init_from not in GPT2_MODELS:
+        if not os.path.isdir(cfg.init_from):
+            raise WeightsError(f"--init_from={cfg.init_from}: neither scratch, one of {', '.join(GPT2_MODELS)}, nor a "
+                               "folder. Fix: give a folder holding " + ", ".join(GPT2_FILES) + ".")
+        return cfg.init_from
+    folder = os.path.join(cfg.cache_dir, cfg.init_from)
+    for name in GPT2_FILES:
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            download(HUB_URL.format(model=cfg.init_from, file=name), path, folder)
+    return folder
+
+
+def download(url, path, folder):
+    """url -> path, with a progress bar; written to a temporary file and renamed, so a broken download never
+    looks like a file. Offline, one error that says which files to put where."""
+    os.makedirs(folder, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(path + ".tmp", "wb") as f:
+            size = int(response.headers.get("Content-Length") or 0)
+            with tqdm(total=size or None, unit="B", unit_scale=True, desc=os.path.basename(path)) as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as e:  # URLError, timeouts and refused connections are all OSErrors
+        raise WeightsError(f"could not download {url} ({e}). Fix: without internet, put {', '.join(GPT2_FILES)} "
+                           f"of that model in {folder} (or in any folder, and pass --init_from=FOLDER).") from None
+    os.replace(path + ".tmp", path)
+
+
+def make_tokenizer(cfg, train, folder=None):
     """BPE trained on the training transitions' states and actions (never on held-out test data), cached
     next to --data under a name that carries the corpus hash: with --eval_data the corpus is the whole
     --data file (every seed shares one cache, the shipped one for ScienceWorld); without it, each held-out
-    split gets its own file and none overwrites another."""
-    if cfg.tokenizer == "gpt2":
-        return gpt2_tokenizer()
+    split gets its own file and none overwrites another. A pretrained model reads its own vocabulary."""
+    if folder is not None or cfg.tokenizer == "gpt2":
+        return gpt2_tokenizer(folder)
     if cfg.tokenizer != "bpe":
         sys.exit(f"unknown --tokenizer={cfg.tokenizer}; choose bpe or gpt2")
     texts = sorted({t.x for t in train} | {t.y for t in train} | {t.action for t in train if t.action is not None})
@@ -229,17 +281,25 @@ def setup_devices(cfg):
     return rank_and_processes()[0], device, ctx
 
 
-def model_factory(cfg, tok, device):
-    mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
+def model_factory(cfg, tok, device, folder=None):
+    """new_model() for swirl.run_swirl, the models' GPTConfig and size. From scratch: a fresh GPT each call.
+    Pretrained: GPT-2's weights, read once; each call returns a copy, so both roles start from them.
+    Its vocabulary is GPT-2's plus our special tokens, padded to a multiple of 64 as nanoGPT does."""
+    if folder is not None:
+        pretrained = gpt2_from_folder(folder, vocab_size=64 * math.ceil(tok.vocab_size / 64))
+        mcfg, n_params = pretrained.config, pretrained.num_params()
+    else:
+        mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
+                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
+        n_params = GPT(mcfg).num_params()
 
     def new_model():
-        model = GPT(mcfg).to(device)
+        model = (copy.deepcopy(pretrained) if folder is not None else GPT(mcfg)).to(device)
         if cfg.compile:
             model.compile(dynamic=True)  # in place: the module stays a GPT (deepcopy, state_dict)
         return model
 
-    return new_model, mcfg
+    return new_model, mcfg, n_params
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -349,12 +409,15 @@ def main(argv):
         resume = load_resume(cfg, config_dict(cfg, scfg), rank)
     started = time.time() - (resume["wall_seconds"] if resume else 0.0)  # wall time counts every session
     labelled, val, unlabelled, test = load_data(cfg)
-    tok = make_tokenizer(cfg, labelled + val + unlabelled)
-    codec = make_codec(tok, cfg.block_size, labelled, unlabelled, scfg.shared, scfg.truncate).to(device)
-    new_model, mcfg = model_factory(cfg, tok, device)
+    folder = pretrained_folder(cfg)
+    tok = make_tokenizer(cfg, labelled + val + unlabelled, folder)
+    new_model, mcfg, n_params = model_factory(cfg, tok, device, folder)
+    codec = make_codec(tok, mcfg.block_size, labelled, unlabelled, scfg.shared, scfg.truncate,
+                       vocab_size=mcfg.vocab_size).to(device)
     config = config_dict(cfg, scfg)
     log(f"{len(labelled)} labelled, {len(val)} val, {len(unlabelled)} unlabelled, {len(test)} test transitions; "
-        f"{tok.vocab_size} tokens; models of {GPT(mcfg).num_params():,} parameters on {device} "
+        f"{tok.vocab_size} tokens; models of {n_params:,} parameters "
+        f"({'from ' + folder if folder else 'from scratch'}) on {device} "
         f"({rank_and_processes()[1]} process(es))")
     log(f"reference, no model: predicting y = x {copy_baseline(test)}")
     with autocast:
@@ -372,8 +435,13 @@ def main(argv):
         torch.distributed.destroy_process_group()
 
 
-if __name__ == "__main__":
+def cli(argv):
+    """main, as the command line runs it: bad data or weights end the run with one line, not a traceback."""
     try:
-        main(sys.argv[1:])
-    except DataError as e:
+        main(argv)
+    except (DataError, WeightsError) as e:
         sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    cli(sys.argv[1:])

@@ -139,7 +139,8 @@ def run_seed(cfg, scfg, seed):
     labelled, val, unlabelled, unlabelled_truth, test, pretrain = make_data(cfg, seed)
     tok = byte_tokenizer()
     block = 2 * (cfg.size * (cfg.size + 1)) + 16  # two grids + the longest action + markers
-    codec = make_codec(tok, block, labelled, unlabelled + pretrain, scfg.shared).to(cfg.device)
+    # a closed world: the FWM writes grid symbols only, the IDM its action words (see data.make_codec)
+    codec = make_codec(tok, block, labelled, unlabelled + pretrain, scfg.shared, closed_world=True).to(cfg.device)
     mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block, n_layer=cfg.n_layer, n_head=cfg.n_head,
                      n_embd=cfg.n_embd)
     # the IDM is scored only where one action explains the change (see toy_envs/gridworld.py)
