@@ -1,21 +1,36 @@
 """
-bench.py: how much the KV cache speeds up group sampling (model.generate), as a ratio.
+bench.py: speed, printed as ratios on a CPU, and the GPU check on a CUDA machine.
 
-    python bench.py               # both settings below, on the CPU
-    python bench.py --device=cuda
+    python bench.py               # CPU: the KV cache's speed-up, and a GRPO step before/after the fast paths
+    python bench.py --gpu         # CUDA: the GPU check below, each figure next to its goal, PASS or FAIL
+    python bench.py --gpu --small # the same check at toy sizes (the test suite runs it on the CPU)
 
-Each setting samples the same prompts, each repeated G times, with and without the cache, from the
-same generator, and checks that both paths wrote the same tokens before it reports the speed-up.
-"toy" matches train_toy.py (a ~45-token prompt, a ~31-token grid to write); "text" matches the
-small CPU preset of train_llm.py (a ~200-token prompt, ~120 new tokens).
+Ratios first. "cache" samples the same prompts with and without the KV cache, from the same generator, and
+checks both wrote the same tokens. "grpo step" times one GRPO step (sample a group, reward it, reference
+and policy passes) the way this code did it before and the way it does now, in one run: before, each
+prompt was read G times, every pass was left-padded with an explicit attention mask and the end of
+sampling was checked at every token; now each prompt is read once and its cache repeated, scoring and
+the update are right-padded with no mask (one causal kernel), and the end is checked every 8 tokens.
+
+The GPU check (the train_llm.py GPU defaults: two 8-layer, 512-wide GPTs, context 1,024, bf16 autocast):
+the card and versions; SFT tokens/s and MFU (nanoGPT's 6N + 12 L T C flops per token against the card's
+bf16 dense peak); decode tokens/s of group sampling against the bound set by reading the weights and the
+KV cache once per token; seconds per GRPO step of each phase, split into sampling, reward, reference and
+policy, with the peak memory of each; which attention kernel the unmasked causal passes get; and a short
+train_llm.py run with finite metrics and a falling SFT loss.
 """
 
+import math
+import random
 import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
-from model import GPT, GPTConfig, generate
+from data import collate, make_codec
+from grpo import GRPOConfig, grpo_step
+from model import GPT, GPTConfig, generate, span_logprobs
 
 SETTINGS = {
     # name: (model config, prompts, group size G, prompt length, new tokens)
@@ -23,36 +38,290 @@ SETTINGS = {
     "text": (GPTConfig(vocab_size=2055, block_size=384, n_layer=4, n_head=4, n_embd=128), 8, 8, 200, 120),
 }
 
+# bf16 dense peak FLOP/s and memory bandwidth (bytes/s) of the cards we know, from their data sheets
+CARDS = {"H200": (989e12, 4.8e12), "H100": (989e12, 3.35e12), "A100": (312e12, 2.0e12), "L40S": (362e12, 0.86e12),
+         "L4": (121e12, 0.3e12), "4090": (165e12, 1.0e12), "A10": (125e12, 0.6e12)}
 
-def time_generate(model, ids, attn, new_tokens, use_cache):
+
+def timed(fn, device, repeat=1):
+    """(best seconds of `repeat` calls, the last call's result); waits for the GPU before reading the clock."""
     best, out = float("inf"), None
-    for _ in range(3 if use_cache else 1):  # best of 3; the slow uncached path once is enough
-        g = torch.Generator(device=ids.device).manual_seed(0)
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        # end_id=-1 never matches, so every row writes all new_tokens: both paths do the same work
-        out, _ = generate(model, ids, attn, new_tokens, end_id=-1, pad_id=0, temperature=1.0, generator=g,
-                          use_cache=use_cache)
-        if ids.is_cuda:
+        out = fn()
+        if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return best, out
 
 
-def main(device="cpu"):
-    torch.manual_seed(0)
+def random_prompts(cfg, n, length, device, seed=0):
+    """n prompts of about `length` tokens (lengths vary by a fifth, so that batches are padded)."""
+    rng = random.Random(seed)
+    return [[rng.randrange(cfg.vocab_size - 10) for _ in range(length - rng.randrange(length // 5 + 1))]
+            for _ in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ratios on any device
+
+
+def cache_speedup(device):
     print(f"{'setting':8s} {'rows':>5s} {'prompt':>6s} {'new':>4s} {'cached s':>9s} {'uncached s':>10s} {'speed-up':>8s}")
     for name, (cfg, prompts, G, T, new) in SETTINGS.items():
+        torch.manual_seed(0)
         model = GPT(cfg).to(device).eval()
-        ids = torch.randint(0, cfg.vocab_size - 10, (prompts, T), device=device).repeat_interleave(G, 0)
+        ids = torch.randint(0, cfg.vocab_size - 10, (prompts, T), device=device)
         attn = torch.ones_like(ids)
-        fast, a = time_generate(model, ids, attn, new, use_cache=True)
-        slow, b = time_generate(model, ids, attn, new, use_cache=False)
+
+        def sample(use_cache):  # end_id=-1 never matches: every row writes all new tokens, both paths alike
+            g = torch.Generator(device=device).manual_seed(0)
+            return generate(model, ids, attn, new, end_id=-1, pad_id=0, generator=g, num_samples=G,
+                            use_cache=use_cache)[0]
+
+        fast, a = timed(lambda: sample(True), device, repeat=3)
+        slow, b = timed(lambda: sample(False), device)
         same = "" if torch.equal(a, b) else "  (tokens differ!)"
-        print(f"{name:8s} {ids.size(0):5d} {T:6d} {new:4d} {fast:9.3f} {slow:10.3f} {slow / fast:7.1f}x{same}")
+        print(f"{name:8s} {a.size(0):5d} {T:6d} {new:4d} {fast:9.3f} {slow:10.3f} {slow / fast:7.1f}x{same}")
+
+
+def grpo_step_parts(model, reference, reward_model, prompts, G, new, device, before=False, micro_batch=0):
+    """One GRPO step on random prompts, timed by part: {part: (seconds, peak GPU bytes)}. The reward is the
+    reward model's mean log-prob of the samples (as SWIRL's rewards are log-likelihoods)."""
+    parts = {}
+
+    def part(name, fn):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seconds, out = timed(fn, device)
+        parts[name] = (seconds, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0)
+        return out
+
+    side = "left" if before else "right"
+    ids, attn, _ = collate(prompts, pad_id=0, device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    if before:  # every prompt read G times, the end checked at every token
+        sample = lambda: generate(model, ids.repeat_interleave(G, 0), attn.repeat_interleave(G, 0), new, end_id=-1,
+                                  pad_id=0, generator=g, check_every=1)
+    else:
+        sample = lambda: generate(model, ids, attn, new, end_id=-1, pad_id=0, generator=g, num_samples=G)
+    toks, _ = part("sampling", sample)
+    rows = [p for p in prompts for _ in range(G)]
+    full, mask, span = collate(rows, toks.tolist(), device=device, side=side)
+    mask = mask if before else None
+
+    def logprobs(m, sel=slice(None)):
+        return span_logprobs(m, full[sel], None if mask is None else mask[sel], span[sel])
+
+    with torch.no_grad():
+        rewards = part("reward", lambda: logprobs(reward_model).sum(1) / span.sum(1))
+        part("reference", lambda: logprobs(reference))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    # the policy part runs grpo_step with beta = 0, so that it does not repeat the reference pass timed above
+    part("policy", lambda: grpo_step(model, reference, opt, logprobs, rewards, span, G, GRPOConfig(beta=0.0),
+                                     micro_batch=micro_batch))
+    return parts
+
+
+def grpo_speedup(device):
+    cfg, n_prompts, G, T, new = SETTINGS["text"]
+    torch.manual_seed(0)
+    model, reference, reward_model = (GPT(cfg).to(device) for _ in range(3))
+    prompts = random_prompts(cfg, n_prompts, T, device)
+    before = grpo_step_parts(model, reference, reward_model, prompts, G, new, device, before=True)
+    after = grpo_step_parts(model, reference, reward_model, prompts, G, new, device)
+    print(f"\nGRPO step, 'text' setting ({n_prompts} prompts x G = {G}, {T}-token prompts, {new} new tokens):")
+    print(f"{'part':10s} {'before s':>9s} {'now s':>9s} {'speed-up':>8s}")
+    for name in before:
+        print(f"{name:10s} {before[name][0]:9.3f} {after[name][0]:9.3f} {before[name][0] / after[name][0]:7.2f}x")
+    total_before, total_after = sum(v[0] for v in before.values()), sum(v[0] for v in after.values())
+    print(f"{'step':10s} {total_before:9.3f} {total_after:9.3f} {total_before / total_after:7.2f}x")
+    return total_before / total_after
+
+
+# ----------------------------------------------------------------------------------------------------
+# The GPU check
+
+
+def verdict(ok):
+    return "n/a (no goal on this device)" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def card_numbers(device):
+    """(name, bf16 peak FLOP/s or None, bandwidth bytes/s or None) of the device."""
+    if device.type != "cuda":
+        return "cpu", None, None
+    name = torch.cuda.get_device_name(device)
+    for key, (flops, bandwidth) in CARDS.items():
+        if key in name:
+            return name, flops, bandwidth
+    return name, None, None
+
+
+def flops_per_token(cfg, n_params, T):
+    """nanoGPT's estimate (PaLM appendix B): 6 N for the weights, 12 L T C for attention, forward + backward."""
+    return 6 * n_params + 12 * cfg.n_layer * T * cfg.n_embd
+
+
+def gpu_check(device, small=False, out_dir="out-bench"):
+    """Print every figure of the GPU check with its goal and PASS/FAIL; returns the figures (a dict)."""
+    on_gpu = device.type == "cuda"
+    name, peak, bandwidth = card_numbers(device)
+    print(f"device: {name}; torch {torch.__version__}; CUDA {torch.version.cuda}; "
+          f"bf16 {'yes' if on_gpu and torch.cuda.is_bf16_supported() else 'no'}")
+    if small:  # the same code at toy sizes, for the test suite and a quick look on a CPU
+        cfg = GPTConfig(vocab_size=2055, block_size=128, n_layer=2, n_head=2, n_embd=64)
+        batch, T, n_prompts, G, prompt_len, new, steps = 4, 96, 2, 4, 48, 16, 3
+    else:  # train_llm.py's GPU defaults
+        cfg = GPTConfig(vocab_size=2055, block_size=1024, n_layer=8, n_head=8, n_embd=512)
+        batch, T, n_prompts, G, prompt_len, new, steps = 32, 1000, 32, 8, 600, 300, 20
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=on_gpu)
+    figures = {}
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device)
+    n_params = model.num_params()
+    print(f"model: {cfg.n_layer} layers, {cfg.n_embd} wide, {n_params / 1e6:.1f}M parameters, "
+          f"compute dtype {dtype}")
+
+    # which kernel the unmasked causal passes (SFT, scoring, GRPO's update) get
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    q = torch.randn(2, cfg.n_head, 64, cfg.n_embd // cfg.n_head, device=device, dtype=dtype)
+    try:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        kernel = "flash"
+    except RuntimeError:
+        kernel = "not flash (efficient or math)"
+    figures["flash"] = kernel == "flash"
+    print(f"attention, causal with no mask: {kernel}  goal: flash on a GPU  {verdict(figures['flash'] if on_gpu else None)}")
+
+    # SFT: forward, backward and AdamW on full right-padded batches, as swirl.sft runs them
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(0, cfg.vocab_size - 10, (batch, T), device=device)
+
+    def sft_step():
+        with autocast:
+            logits = model(x[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    sft_step()  # warm-up (kernels chosen, memory allocated)
+    seconds, _ = timed(lambda: [sft_step() for _ in range(steps)], device)
+    tokens_per_s = steps * batch * (T - 1) / seconds
+    mfu = tokens_per_s * flops_per_token(cfg, n_params, T) / peak if peak else None
+    figures.update(sft_tokens_per_s=tokens_per_s, mfu=mfu)
+    print(f"SFT: {tokens_per_s:,.0f} tokens/s" + (f", MFU {mfu:.1%}  goal: >= 40%  {verdict(mfu >= 0.4)}"
+                                                   if mfu is not None else "  (MFU: no peak known for this device)"))
+
+    # decode: a group of G samples for each prompt, every row writing all `new` tokens
+    model.eval()
+    prompts = random_prompts(cfg, n_prompts, prompt_len, device)
+    ids, attn, _ = collate(prompts, pad_id=0, device=device)
+    with autocast:
+        seconds, _ = timed(lambda: generate(model, ids, attn, new, end_id=-1, pad_id=0, num_samples=G,
+                                            generator=torch.Generator(device=device).manual_seed(0)), device)
+    rows = n_prompts * G
+    decode = rows * new / seconds
+    bytes_per_step = 2 * n_params + rows * cfg.n_layer * 2 * (prompt_len + new / 2) * cfg.n_embd * 2
+    bound = rows * bandwidth / bytes_per_step if bandwidth else None
+    figures.update(decode_tokens_per_s=decode, decode_bound=bound)
+    print(f"decode: {decode:,.0f} tokens/s ({rows} rows)" +
+          (f", bandwidth bound {bound:,.0f}  goal: within 3x  {verdict(decode * 3 >= bound)}" if bound else ""))
+
+    # a GRPO step of each phase (the FWM writes states, the IDM short actions), split into its parts
+    for phase, phase_new in (("phase I (FWM)", new), ("phase II (IDM)", max(4, new // 20))):
+        reference, reward_model = GPT(cfg).to(device).eval(), GPT(cfg).to(device).eval()
+        with autocast:
+            parts = grpo_step_parts(model, reference, reward_model, prompts, G, phase_new, device,
+                                    micro_batch=64 if not small else 0)
+        peak_memory = max(m for _, m in parts.values())
+        figures[phase] = parts
+        cells = ", ".join(f"{k} {s:.2f} s" + (f" / {m / 2**30:.1f} GiB" if on_gpu else "") for k, (s, m) in parts.items())
+        print(f"GRPO step, {phase}: {sum(s for s, _ in parts.values()):.2f} s ({cells})" +
+              (f"  goal: peak <= 24 GiB  {verdict(peak_memory <= 24 * 2**30)}" if on_gpu else ""))
+
+    figures["run"] = short_run(device, small, out_dir)
+    return figures
+
+
+def short_run(device, small, out_dir):
+    """train_llm.py end to end with the defaults and few steps: finite metrics, and an SFT loss that falls.
+    small: on a few gridworld episodes written as JSONL instead of ScienceWorld, so that it takes seconds."""
+    import json
+
+    import swirl
+    import train_llm
+
+    args = [f"--out_dir={out_dir}", f"--device={device.type}", "--samples=0", "--iterations=1", "--steps_per_phase=2",
+            "--max_eval=16", "--best_of=2", "--sft_eval_every=50", "--sft_max_steps=100", "--sft_patience=1"]
+    if small:
+        args += tiny_text_data(out_dir)
+    cfg, scfg = train_llm.configure(args)
+    labelled, val, unlabelled, _ = train_llm.load_data(cfg)
+    tok = train_llm.make_tokenizer(cfg, labelled + val + unlabelled)
+    new_model, mcfg, _ = train_llm.model_factory(cfg, tok, device)
+    codec = make_codec(tok, mcfg.block_size, labelled, unlabelled).to(device)
+    examples = [codec.fwm_example(t.x, t.action, t.y) for t in val[:8]]
+    torch.manual_seed(0)
+    model = new_model()
+    _, _, autocast = train_llm.setup_devices(cfg)
+    with autocast, torch.no_grad():
+        start = swirl.sft_loss(model, examples).item()
+    with autocast:
+        swirl.sft(model, [codec.fwm_example(t.x, t.action, t.y) for t in labelled], None, scfg, random.Random(0),
+                  steps=scfg.sft_max_steps)
+        with torch.no_grad():
+            end = swirl.sft_loss(model, examples).item()
+    print(f"SFT loss on held-out transitions: {start:.3f} -> {end:.3f} after {scfg.sft_max_steps} steps  "
+          f"goal: falls  {verdict(end < start)}")
+    t0 = time.time()
+    train_llm.main(args)
+    with open(f"{out_dir}/results.json") as f:
+        results = json.load(f)
+    finite = all(math.isfinite(v) for s in results["stages"] for k, v in s.items() if k != "stage")
+    print(f"short train_llm.py run: {len(results['stages'])} stages in {time.time() - t0:.0f} s, metrics finite  "
+          f"goal: finite  {verdict(finite)}")
+    return {"sft_loss": (start, end), "finite": finite}
+
+
+def tiny_text_data(out_dir):
+    """A few 3x3 gridworld episodes as JSONL (half of them without actions) and train_llm.py's options for
+    them at toy sizes."""
+    import os
+
+    from data import Episode, write_episodes
+    from toy_envs import GridWorld, make_episodes
+
+    states, actions = make_episodes(GridWorld(3, 1, 1, 3), 16, seed=0)
+    train = [Episode(s, a if i % 2 == 0 else [None] * len(a)) for i, (s, a) in enumerate(zip(states[:12], actions[:12]))]
+    write_episodes(os.path.join(out_dir, "train.jsonl"), train)
+    write_episodes(os.path.join(out_dir, "test.jsonl"), [Episode(s, a) for s, a in zip(states[12:], actions[12:])])
+    return [f"--data={out_dir}/train.jsonl", f"--eval_data={out_dir}/test.jsonl", "--preset=cpu", "--n_layer=1",
+            "--n_head=2", "--n_embd=16", "--block_size=48", "--vocab_size=270", "--sft_max_steps=20",
+            "--sft_eval_every=10", "--prompts_per_step=2", "--group_size=2", "--confidence=0.0", "--max_eval=4"]
+
+
+def main(argv):
+    known = {"--gpu", "--small", "--device=cpu", "--device=cuda"}
+    bad = [a for a in argv if a not in known]
+    if bad:
+        sys.exit(f"unknown option(s) {bad}; options: --gpu, --small, --device=cpu|cuda")
+    gpu = "--gpu" in argv
+    if gpu and not torch.cuda.is_available() and "--small" not in argv:
+        sys.exit("--gpu needs a CUDA device (add --small to run the same check at toy sizes on this CPU)")
+    device = torch.device("cuda" if (gpu and torch.cuda.is_available()) or "--device=cuda" in argv else "cpu")
+    if gpu:
+        gpu_check(device, small="--small" in argv)
+    else:
+        cache_speedup(device)
+        grpo_speedup(device)
 
 
 if __name__ == "__main__":
-    bad = [a for a in sys.argv[1:] if not a.startswith("--device=")]
-    if bad:
-        sys.exit(f"unknown option(s) {bad}; the only option is --device=cpu|cuda")
-    main(sys.argv[1].split("=", 1)[1] if len(sys.argv) > 1 else "cpu")
+    main(sys.argv[1:])

@@ -272,19 +272,23 @@ def completion(tok, text):
     return tok.encode(text) + [tok.end_id]
 
 
-def collate(prompts, completions=None, pad_id=0, device="cpu"):
-    """Left-pad prompt (+ completion) token lists into one batch.
+def collate(prompts, completions=None, pad_id=0, device="cpu", side="left"):
+    """Pad prompt (+ completion) token lists into one batch.
 
     Returns ids (B, T), attn_mask (B, T) with 1 on real tokens, and span_mask (B, T) with 1 on the
     completion tokens (all zero when completions is None: a batch of prompts for generation).
-    Left padding puts every prompt's end in the same column, which batched generation needs."""
+    side="left" puts every prompt's end in the same column, which batched generation needs; side="right"
+    is for log-probs only (SFT, rewards, GRPO): the model then needs no mask (see model.py, "Padding")."""
     completions = completions if completions is not None else [[] for _ in prompts]
     seqs = [p + c for p, c in zip(prompts, completions)]
     T = max(len(s) for s in seqs)
-    # padded Python lists, then one tensor each: a tensor per row costs more than the rows (SFT calls this every step)
-    ids = torch.tensor([[pad_id] * (T - len(s)) + s for s in seqs], dtype=torch.long)
-    attn = torch.tensor([[0] * (T - len(s)) + [1] * len(s) for s in seqs], dtype=torch.long)
-    span = torch.tensor([[0] * (T - len(c)) + [1] * len(c) for c in completions], dtype=torch.long)
+
+    def pad(row, value):  # padded Python lists, then one tensor each: cheaper than a tensor per row
+        return [value] * (T - len(row)) + row if side == "left" else row + [value] * (T - len(row))
+
+    ids = torch.tensor([pad(s, pad_id) for s in seqs], dtype=torch.long)
+    attn = torch.tensor([pad([1] * len(s), 0) for s in seqs], dtype=torch.long)
+    span = torch.tensor([pad([0] * len(p) + [1] * len(c), 0) for p, c in zip(prompts, completions)], dtype=torch.long)
     return ids.to(device), attn.to(device), span.to(device)
 
 

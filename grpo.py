@@ -69,31 +69,35 @@ def k3_kl(logp, ref_logp):
     return torch.exp(d) - d - 1
 
 
-def reduce_tokens(per_token, mask, loss_type):
-    """Turn a (B, T) tensor of per-token values into one number, counting only mask == 1."""
+def reduce_tokens(per_token, mask, loss_type, whole=None):
+    """Turn a (B, T) tensor of per-token values into one number, counting only mask == 1.
+
+    whole: (sequences, completion tokens, width) of the whole batch when these rows are one micro-batch
+    of it; the micro-batches' numbers then add up to the whole batch's. None: these rows are the batch."""
     mask = mask.float()
+    n_seqs, n_tokens, width = whole if whole is not None else (mask.size(0), mask.sum(), mask.size(1))
     if loss_type == "grpo":
         per_seq = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (B,)
-        return per_seq.mean()
+        return per_seq.sum() / n_seqs
     if loss_type == "dapo":
-        return (per_token * mask).sum() / mask.sum().clamp(min=1)
+        return (per_token * mask).sum() / max(1, n_tokens)
     if loss_type == "dr_grpo":
-        return (per_token * mask).sum() / (mask.size(0) * mask.size(1))
+        return (per_token * mask).sum() / (n_seqs * width)
     raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
 
 
-def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig):
-    """The clipped, KL-regularised GRPO loss and its diagnostics.
+def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig, whole=None):
+    """The clipped, KL-regularised GRPO loss and its diagnostics (means over these rows' tokens).
 
     logp: (B, T) log-probs of the sampled tokens under the policy being trained (with grad);
     old_logp: (B, T) the same at sampling time; ref_logp: (B, T) under the frozen reference;
-    advantages: (B,); mask: (B, T) 1 on completion tokens."""
+    advantages: (B,); mask: (B, T) 1 on completion tokens; whole: see reduce_tokens."""
     ratio = torch.exp(logp - old_logp)  # rho, (B, T)
     A = advantages.unsqueeze(1)  # (B, 1): one advantage for every token of a completion
     clipped = torch.clamp(ratio, 1 - cfg.eps_low, 1 + cfg.eps_high)
     policy_term = -torch.min(ratio * A, clipped * A)  # (B, T)
     kl = k3_kl(logp, ref_logp)  # (B, T)
-    loss = reduce_tokens(policy_term + cfg.beta * kl, mask, cfg.loss_type)
+    loss = reduce_tokens(policy_term + cfg.beta * kl, mask, cfg.loss_type, whole)
     with torch.no_grad():
         m = mask.float()
         n = m.sum().clamp(min=1)
@@ -103,23 +107,28 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg: GRPOConfig):
 
 
 def grpo_step(policy, reference, optimizer, logprobs_fn, rewards, mask, group_size, cfg: GRPOConfig,
-              sync_grads=None):
+              sync_grads=None, micro_batch=0):
     """One GRPO update on a batch of sampled completions.
 
-    logprobs_fn(model) -> (B, T) per-token log-probs of the sampled completions under `model`, zero
-    outside `mask`, at the sampling temperature (the caller knows the prompt layout; we do not).
-    rewards: (B,) with B = num_prompts * group_size, grouped prompt by prompt. Returns a dict of stats.
+    logprobs_fn(model, rows) -> (len(rows), T) per-token log-probs of the sampled completions `rows` (a
+    slice of the batch) under `model`, zero outside `mask`, at the sampling temperature (the caller knows
+    the prompt layout; we do not). rewards: (B,) with B = num_prompts * group_size, grouped prompt by
+    prompt. micro_batch: rows per forward pass (0: all B at once); the gradients of the micro-batches add
+    up to the whole batch's, so it changes memory, not the update. Returns a dict of stats.
     sync_grads(policy), when given, runs between backward and clipping (multi-GPU: average the
     gradients over ranks, each of which sampled its own groups)."""
     if cfg.loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {cfg.loss_type!r}; choose one of {LOSS_TYPES}")
     advantages = group_advantages(rewards, group_size, cfg.scale_rewards)  # (B,)
+    B = rewards.numel()
+    chunks = [slice(i, i + (micro_batch or B)) for i in range(0, B, micro_batch or B)]
+    whole = (B, float(mask.sum()), mask.size(1))
     with torch.no_grad():
         # old_logp: the policy that sampled these completions. With mu = 1 it is the very policy the one
         # gradient step differentiates, so its log-probs are taken from that pass (logp.detach() below):
         # the same numbers, one forward pass fewer per step.
-        old_logp = logprobs_fn(policy) if cfg.mu > 1 else None
-        ref_logp = logprobs_fn(reference) if cfg.beta > 0 else None
+        old_logp = [logprobs_fn(policy, rows) for rows in chunks] if cfg.mu > 1 else None
+        ref_logp = [logprobs_fn(reference, rows) for rows in chunks] if cfg.beta > 0 else None
     r = rewards.float().view(-1, group_size)
     stats = {
         "reward": float(r.mean()),
@@ -128,15 +137,19 @@ def grpo_step(policy, reference, optimizer, logprobs_fn, rewards, mask, group_si
     }
     policy.train()
     for _ in range(cfg.mu):
-        logp = logprobs_fn(policy)
-        old_logp = logp.detach() if old_logp is None else old_logp
-        ref_logp = old_logp if ref_logp is None else ref_logp  # beta = 0: the KL term is weighed by 0
-        loss, step_stats = grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, kl, clip_frac = 0.0, 0.0, 0.0
+        for k, rows in enumerate(chunks):
+            logp = logprobs_fn(policy, rows)
+            old = logp.detach() if old_logp is None else old_logp[k]
+            ref = old if ref_logp is None else ref_logp[k]  # beta = 0: the KL term is weighed by 0
+            part, part_stats = grpo_loss(logp, old, ref, advantages[rows], mask[rows], cfg, whole)
+            part.backward()  # gradients add up over the micro-batches
+            share = float(mask[rows].sum()) / max(1.0, whole[1])  # this micro-batch's share of the tokens
+            loss, kl, clip_frac = loss + part.item(), kl + share * part_stats["kl"], clip_frac + share * part_stats["clip_frac"]
         if sync_grads is not None:
             sync_grads(policy)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         optimizer.step()
-    stats.update(step_stats, loss=loss.item(), grad_norm=float(grad_norm))
+    stats.update(kl=kl, clip_frac=clip_frac, loss=loss, grad_norm=float(grad_norm))
     return stats

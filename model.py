@@ -14,8 +14,11 @@ SWIRL asks of a language model:
   4. gpt2_from_folder: GPT-2's pretrained weights (Hugging Face's config.json + model.safetensors),
      read by our own few-dozen-line reader of the safetensors format, into this GPT.
 
-Padding. Prompts in one batch have different lengths, so we pad on the LEFT and carry an attention
-mask (1 = real token). Two details make padding invisible to every row:
+Padding. Sequences in one batch have different lengths. Where only log-probs are needed (SFT, rewards,
+GRPO's update) they are padded on the RIGHT and need no mask at all: attention is causal, so no real
+token ever sees a pad after it, and the pads' own outputs are never used; attention then runs as one
+causal kernel (the fast one on a GPU). Generation pads prompts on the LEFT, so that every prompt ends in
+the same column, and carries an attention mask (1 = real token). Two details make left padding invisible:
   - positions are counted over real tokens only (cumsum of the mask), so a row's first real token is
     at position 0 whatever its padding;
   - attention never looks at a pad key. A pad query would then see no key at all (softmax over
@@ -24,6 +27,7 @@ mask (1 = real token). Two details make padding invisible to every row:
 Read next: grpo.py (the RL update), then data.py (text -> tensors), then swirl.py (the algorithm).
 """
 
+import copy
 import json
 import math
 import os
@@ -111,6 +115,10 @@ class LayerCache:
         self.v = torch.zeros_like(self.k)
         self.length = 0
 
+    def repeat_rows(self, n):
+        """Each row n times in a row (row b -> rows b*n .. b*n+n-1): a prompt read once, sampled n times."""
+        self.k, self.v = self.k.repeat_interleave(n, 0), self.v.repeat_interleave(n, 0)
+
     def append(self, k, v):
         T = k.size(2)
         self.k[:, :, self.length : self.length + T] = k
@@ -158,33 +166,48 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def compile_forward(self):
+        """torch.compile this model's forward, in place (it stays a GPT: state_dict, deepcopy). It serves
+        the passes over whole sequences (SFT, scoring, GRPO's update); generate() calls forward directly,
+        so sampling, whose KV cache grows every token, runs eager instead of recompiling."""
+        self.compiled = True
+        self.compile(dynamic=True)
+        return self
+
     def num_params(self):
         return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
 
     def forward(self, idx, attn_mask=None, cache=None):
         """idx: (B, T) new token ids. attn_mask: (B, S) with 1 for real tokens over ALL positions the
-        model can see (the cached past plus these T), or None for unpadded input without a cache.
-        cache: a list of LayerCache (one per block) or None. Returns logits (B, T, vocab)."""
+        model can see (the cached past plus these T), for left-padded input; None for input that is
+        unpadded or padded on the right. cache: a list of LayerCache (one per block) or None.
+        Returns logits (B, T, vocab)."""
         B, T = idx.shape
-        if attn_mask is None:
-            past = cache[0].length if cache is not None else 0
-            attn_mask = torch.ones(B, past + T, dtype=torch.long, device=idx.device)
-        S = attn_mask.size(1)
-        if S > self.config.block_size:
-            raise ValueError(f"sequence of {S} tokens is longer than block_size={self.config.block_size}")
-        # positions count real tokens only, so left padding does not shift a row
-        pos = (attn_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, S - T :]  # (B, T)
-        unpadded_prefill = cache is None and bool(attn_mask.all())
-        allowed = None if unpadded_prefill else attention_allowed(attn_mask, T)
+        past = cache[0].length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens is longer than block_size={self.config.block_size}")
+        if attn_mask is None and cache is None:
+            # plain causal attention, no mask tensor: the kernel that reads no mask (flash, on a GPU)
+            allowed, pos = None, torch.arange(T, device=idx.device).expand(B, T)  # (B, T)
+        else:
+            if attn_mask is None:
+                attn_mask = torch.ones(B, past + T, dtype=torch.long, device=idx.device)
+            # positions count real tokens only, so left padding does not shift a row
+            pos = (attn_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # (B, T)
+            allowed = attention_allowed(attn_mask, T)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, allowed, None if cache is None else cache[i])
         return self.lm_head(self.ln_f(x))  # (B, T, vocab)
 
     def new_cache(self, B, max_len):
+        """One LayerCache per block, in the dtype the keys and values are computed in: under autocast
+        (bf16 on a GPU) that is the autocast dtype, so the cache is never cast again at every step."""
         cfg = self.config
         p = self.wte.weight
-        return [LayerCache(B, cfg.n_head, max_len, cfg.n_embd // cfg.n_head, p.device, p.dtype) for _ in self.blocks]
+        kind = p.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else p.dtype
+        return [LayerCache(B, cfg.n_head, max_len, cfg.n_embd // cfg.n_head, p.device, dtype) for _ in self.blocks]
 
 
 def masked_logits(logits, allowed_ids):
@@ -242,39 +265,57 @@ def generate(
     top_p=None,
     allowed_ids=None,
     generator=None,
+    num_samples=1,
     use_cache=True,
+    check_every=8,
 ):
-    """Continue each left-padded prompt in ids (B, T) by up to max_new_tokens tokens.
+    """Continue each left-padded prompt in ids (B, T) by up to max_new_tokens tokens, num_samples times.
 
-    To sample a group of G completions per prompt, repeat the rows first (ids.repeat_interleave(G, 0)).
-    Each row stops at end_id (kept in the output); everything after it is pad_id.
-    Returns (tokens (B, L), mask (B, L)) with L <= max_new_tokens and mask 1 on real tokens (end included).
-    use_cache=False recomputes the whole sequence at every step: the slow oracle for the cached path."""
+    Rows of the output are laid out prompt by prompt: row b * num_samples + g is sample g of prompt b.
+    The prompts are read once (prefill) and their cache repeated, not read num_samples times.
+    Each row stops at end_id (kept in the output); everything after it is pad_id. Whether every row has
+    stopped is asked only every check_every tokens: asking makes the CPU wait for the GPU.
+    Returns (tokens (B * num_samples, L), mask (same shape)) with L <= max_new_tokens, mask 1 on real
+    tokens (end included). use_cache=False recomputes the whole sequence at every step: the slow oracle."""
     B, T = ids.shape
     if T + max_new_tokens > model.config.block_size:
         raise ValueError(
             f"prompt of {T} tokens + {max_new_tokens} new tokens exceeds block_size={model.config.block_size}"
         )
-    cache = model.new_cache(B, T + max_new_tokens) if use_cache else None
-    seq, mask = ids, attn_mask
-    logits = model(ids, attn_mask, cache)[:, -1]  # (B, V): prefill the prompt
-    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    seq, mask = ids.repeat_interleave(num_samples, 0), attn_mask.repeat_interleave(num_samples, 0)
+    if use_cache:
+        cache = model.new_cache(B, T + max_new_tokens)
+        logits = model.forward(ids, attn_mask, cache)[:, -1].repeat_interleave(num_samples, 0)  # (B * G, V): prefill
+        for layer in cache:
+            layer.repeat_rows(num_samples)
+    else:
+        logits = model.forward(seq, mask)[:, -1]  # (B * G, V)
+    done = torch.zeros(seq.size(0), dtype=torch.bool, device=ids.device)
     out, out_mask = [], []
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         tok = sample_next(masked_logits(logits.float(), allowed_ids), temperature, top_k, top_p, generator)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)  # (B,)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)  # (B * G,)
         out.append(tok)
         out_mask.append(~done)
         done = done | (tok == end_id)
-        if bool(done.all()):
+        if step == max_new_tokens - 1 or (step % check_every == check_every - 1 and bool(done.all())):
             break
-        seq = torch.cat([seq, tok[:, None]], dim=1)  # (B, T + t)
+        seq = torch.cat([seq, tok[:, None]], dim=1)  # (B * G, T + t)
         mask = torch.cat([mask, torch.ones_like(tok[:, None])], dim=1)
         if use_cache:
-            logits = model(tok[:, None], mask, cache)[:, -1]
+            logits = model.forward(tok[:, None], mask, cache)[:, -1]  # forward: never the compiled call
         else:
-            logits = model(seq, mask)[:, -1]
-    return torch.stack(out, dim=1), torch.stack(out_mask, dim=1).long()  # (B, L), (B, L)
+            logits = model.forward(seq, mask)[:, -1]
+    toks, real = torch.stack(out, dim=1), torch.stack(out_mask, dim=1).long()  # (B * G, L)
+    length = int(real.sum(dim=1).max())  # drop the columns written after every row had stopped
+    return toks[:, :length], real[:, :length]
+
+
+def copy_model(model):
+    """copy.deepcopy, keeping torch.compile: deepcopy drops a compiled module's compiled call, and
+    compiling the copy again reuses the code already compiled (the weights are its inputs, not constants)."""
+    clone = copy.deepcopy(model)
+    return clone.compile_forward() if getattr(model, "compiled", False) else clone
 
 
 def save_checkpoint(path, **state):

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from common import all_reduce_grads, format_row, format_samples, format_stats, rank_and_processes
 from data import collate, completion, with_action
 from grpo import GRPOConfig, grpo_step
-from model import generate, span_logprobs
+from model import copy_model, generate, span_logprobs
 
 
 @dataclass
@@ -77,6 +77,7 @@ class SwirlConfig:
     reward_floor: float = -10.0  # rewards are clamped below at this value
     # evaluation and baselines
     best_of: str = "2,4,8"  # N for test-time verification
+    micro_batch: int = 256  # rows per forward pass when sampling, scoring and in GRPO's update: memory, not maths
     truncate: bool = False  # cut states that do not fit in block_size instead of raising
     # the GRPO update itself (beta, clipping, loss reduction): grpo.py's settings, reached as --beta=... too
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -92,16 +93,16 @@ def device_of(model):
 
 def frozen_copy(model):
     """A copy that no optimiser will ever see: a reference or a reward model."""
-    return copy.deepcopy(model).eval().requires_grad_(False)
+    return copy_model(model).eval().requires_grad_(False)
 
 
 def mean_logprob(model, prompts, targets, temperature=1.0, allowed_ids=None, batch=256):
     """Length-normalised log-likelihood of each target given its prompt: mean_t log p(target_t | ...)."""
     out = []
     for i in range(0, len(prompts), batch):
-        ids, attn, span = collate(prompts[i : i + batch], targets[i : i + batch], pad_id=0, device=device_of(model))
+        ids, _, span = collate(prompts[i : i + batch], targets[i : i + batch], device=device_of(model), side="right")
         with torch.no_grad():
-            lp = span_logprobs(model, ids, attn, span, temperature, allowed_ids)  # (B, T)
+            lp = span_logprobs(model, ids, None, span, temperature, allowed_ids)  # (B, T)
         out.append(lp.sum(1) / span.sum(1).clamp(min=1))
     return torch.cat(out)  # (N,)
 
@@ -114,10 +115,9 @@ def sample_completions(model, codec, prompts, max_new, allowed_ids, temperature=
     per_call = max(1, batch // n)
     for i in range(0, len(prompts), per_call):
         ids, attn, _ = collate(prompts[i : i + per_call], pad_id=codec.tok.pad_id, device=device_of(model))
-        ids, attn = ids.repeat_interleave(n, 0), attn.repeat_interleave(n, 0)
         toks, mask = generate(model, ids, attn, max_new, codec.tok.end_id, codec.tok.pad_id, temperature,
-                              top_p=top_p, allowed_ids=allowed_ids, generator=generator)
-        out += [row[: int(m.sum())] for row, m in zip(toks.tolist(), mask)]
+                              top_p=top_p, allowed_ids=allowed_ids, generator=generator, num_samples=n)
+        out += [row[:length] for row, length in zip(toks.tolist(), mask.sum(dim=1).tolist())]
     return out
 
 
@@ -165,12 +165,13 @@ def phase_fwm(fwm, idm, ref_fwm, codec, pairs, cfg, rng, generator, desc="phase 
         batch = rng.sample(confident, min(prompts_per_rank(cfg), len(confident)))
         prompts = [codec.fwm_example(p.x, zi, source=p.source)[0] for p, zi in batch]
         y_hat = sample_completions(fwm, codec, prompts, codec.max_state_tokens, codec.state_ids, cfg.temperature,
-                                   cfg.top_p, G, generator)
+                                   cfg.top_p, G, generator, batch=cfg.micro_batch)
         # r_k = log Q_phi(z | x, y_hat_k), length-normalised, clamped at reward_floor
         reward_prompts = [codec.idm_example(p.x, codec.tok.decode(y), source=p.source)[0]
                           for k, (p, _) in enumerate(batch) for y in y_hat[k * G : (k + 1) * G]]
         reward_targets = [completion(codec.tok, zi) for _, zi in batch for _ in range(G)]
-        rewards = mean_logprob(reward_idm, reward_prompts, reward_targets, allowed_ids=codec.action_ids)
+        rewards = mean_logprob(reward_idm, reward_prompts, reward_targets, allowed_ids=codec.action_ids,
+                               batch=cfg.micro_batch)
         rewards = rewards.clamp(min=cfg.reward_floor)
         stats.append(policy_update(fwm, ref_fwm, opt, [p for p in prompts for _ in range(G)], y_hat, rewards,
                                    codec.state_ids, cfg))
@@ -196,12 +197,13 @@ def phase_idm(idm, fwm, ref_idm, codec, pairs, cfg, rng, generator, desc="phase 
         batch = rng.sample(pairs, min(prompts_per_rank(cfg), len(pairs)))
         prompts = [codec.idm_example(p.x, p.y, source=p.source)[0] for p in batch]
         z = sample_completions(idm, codec, prompts, codec.max_action_tokens, codec.action_ids, cfg.temperature,
-                               cfg.top_p, G, generator)
+                               cfg.top_p, G, generator, batch=cfg.micro_batch)
         # r_k = log P_theta(y | x, z_k), length-normalised, clamped at reward_floor
         reward_prompts = [codec.fwm_example(p.x, codec.tok.decode(zk), source=p.source)[0]
                           for k, p in enumerate(batch) for zk in z[k * G : (k + 1) * G]]
         reward_targets = [completion(codec.tok, p.y) for p in batch for _ in range(G)]
-        rewards = mean_logprob(reward_fwm, reward_prompts, reward_targets, allowed_ids=codec.state_ids)
+        rewards = mean_logprob(reward_fwm, reward_prompts, reward_targets, allowed_ids=codec.state_ids,
+                               batch=cfg.micro_batch)
         rewards = rewards.clamp(min=cfg.reward_floor)
         stats.append(policy_update(idm, ref_idm, opt, [p for p in prompts for _ in range(G)], z, rewards,
                                    codec.action_ids, cfg))
@@ -211,14 +213,14 @@ def phase_idm(idm, fwm, ref_idm, codec, pairs, cfg, rng, generator, desc="phase 
 
 def policy_update(policy, reference, opt, prompts, completions, rewards, allowed_ids, cfg):
     """One GRPO step (grpo.py): log-probs of the sampled completions at the sampling temperature, under
-    the same logit mask they were sampled with."""
-    ids, attn, span = collate(prompts, completions, pad_id=0, device=device_of(policy))
+    the same logit mask they were sampled with, micro_batch rows per forward pass."""
+    ids, _, span = collate(prompts, completions, device=device_of(policy), side="right")
 
-    def logprobs(model):
-        return span_logprobs(model, ids, attn, span, cfg.temperature, allowed_ids)
+    def logprobs(model, rows):
+        return span_logprobs(model, ids[rows], None, span[rows], cfg.temperature, allowed_ids)
 
     return grpo_step(policy, reference, opt, logprobs, rewards.to(ids.device), span, cfg.group_size, cfg.grpo,
-                     sync_grads=all_reduce_grads)
+                     sync_grads=all_reduce_grads, micro_batch=cfg.micro_batch)
 
 
 def new_optimizer(model, cfg):
@@ -241,8 +243,8 @@ def mean_stats(stats):
 
 
 def sft_loss(model, examples):
-    ids, attn, span = collate([p for p, _ in examples], [t for _, t in examples], pad_id=0, device=device_of(model))
-    lp = span_logprobs(model, ids, attn, span)  # (B, T), zero off the target
+    ids, _, span = collate([p for p, _ in examples], [t for _, t in examples], device=device_of(model), side="right")
+    lp = span_logprobs(model, ids, None, span)  # (B, T), zero off the target
     return -lp.sum() / span.sum()  # mean over target tokens
 
 
@@ -390,8 +392,8 @@ class RunState:
 
 def copy_pair(fwm, idm):
     """Copies of both models (one copy when they are one model)."""
-    fwm_copy = copy.deepcopy(fwm)
-    return (fwm_copy, fwm_copy) if fwm is idm else (fwm_copy, copy.deepcopy(idm))
+    fwm_copy = copy_model(fwm)
+    return (fwm_copy, fwm_copy) if fwm is idm else (fwm_copy, copy_model(idm))
 
 
 def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, idm_counted=None,

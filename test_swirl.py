@@ -34,12 +34,15 @@ def slow_logprobs(model, seq, start, temperature=1.0):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_span_logprobs_match_slow_loop_with_padding(temperature):
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_span_logprobs_match_slow_loop_with_padding(temperature, side):
+    """Left-padded with its mask, or right-padded with no mask at all (causal attention only): the same
+    log-probs as each sequence alone, token by token."""
     model = tiny_model()
     prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
     comps = [[11, 12], [13, 14, 15, 16], [17]]
-    ids, attn, span = data.collate(prompts, comps, pad_id=0)
-    lp = span_logprobs(model, ids, attn, span, temperature)
+    ids, attn, span = data.collate(prompts, comps, pad_id=0, side=side)
+    lp = span_logprobs(model, ids, attn if side == "left" else None, span, temperature)
     for b in range(3):
         want = slow_logprobs(model, prompts[b] + comps[b], len(prompts[b]), temperature)
         got = lp[b][span[b].bool()].tolist()
@@ -56,15 +59,32 @@ def test_left_padding_changes_no_logprob():
     assert torch.allclose(alone, padded, atol=1e-5)
 
 
-def test_cached_sampling_equals_uncached_sampling():
+@pytest.mark.parametrize("check_every", [1, 8])
+def test_cached_sampling_equals_uncached_sampling(check_every):
+    """The fast path (each prompt read once, its cache repeated for the group of 4, the end checked every
+    check_every tokens) writes the tokens of the oracle: rows repeated first, no cache, checked every token."""
     model = tiny_model()
     ids, attn, _ = data.collate([[1, 2, 3, 4], [5, 6], [7, 8, 9]], pad_id=0)
-    ids, attn = ids.repeat_interleave(4, 0), attn.repeat_interleave(4, 0)
     kwargs = dict(max_new_tokens=12, end_id=3, pad_id=0, temperature=0.9, top_k=30, top_p=0.95)
-    a, ma = generate(model, ids, attn, generator=torch.Generator().manual_seed(7), use_cache=True, **kwargs)
-    b, mb = generate(model, ids, attn, generator=torch.Generator().manual_seed(7), use_cache=False, **kwargs)
+    a, ma = generate(model, ids, attn, generator=torch.Generator().manual_seed(7), num_samples=4,
+                     check_every=check_every, **kwargs)
+    b, mb = generate(model, ids.repeat_interleave(4, 0), attn.repeat_interleave(4, 0), use_cache=False,
+                     generator=torch.Generator().manual_seed(7), check_every=1, **kwargs)
     assert torch.equal(a, b) and torch.equal(ma, mb)
-    assert a.shape[0] == 12
+    assert a.shape[0] == 12 and bool(ma[:, -1].any())  # no column after every row had stopped
+
+
+def test_cache_is_kept_in_the_compute_dtype():
+    model = tiny_model()
+    assert model.new_cache(2, 8)[0].k.dtype == torch.float32
+    ids, attn, _ = data.collate([[1, 2, 3, 4], [5, 6]], pad_id=0)
+    with torch.no_grad():
+        fp32 = model(ids, attn)[:, -1]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cache = model.new_cache(2, 8)
+            bf16 = model(ids, attn, cache)[:, -1]
+    assert cache[0].k.dtype == torch.bfloat16 and cache[0].length == 4
+    assert torch.allclose(bf16.float(), fp32, atol=0.05)  # the same logits, to bf16's precision
 
 
 def test_generate_stops_at_end_masks_and_pads():
@@ -217,7 +237,7 @@ def test_grpo_raises_probability_of_rewarded_token():
         ids = torch.cat([prompt.repeat(8, 1), toks], 1)
         span = torch.zeros_like(ids)
         span[:, -1] = 1
-        fn = lambda m: span_logprobs(m, ids, torch.ones_like(ids), span, allowed_ids=allowed)
+        fn = lambda m, rows: span_logprobs(m, ids[rows], None, span[rows], allowed_ids=allowed)
         stats = grpo.grpo_step(model, ref, opt, fn, (toks[:, 0] == 7).float(), span, 8, cfg)
     assert before < 0.3 and p7(model) > 0.8
     assert math.isfinite(stats["grad_norm"]) and 0 <= stats["zero_std_frac"] <= 1
@@ -235,7 +255,7 @@ def test_grpo_step_with_mu_one_reuses_the_gradient_pass_for_old_logprobs(beta):
     fn, span = bandit_logprobs(prompt, tokens)
     calls = []
     stats = grpo.grpo_step(fast, ref, torch.optim.AdamW(fast.parameters(), lr=1e-2),
-                           lambda m: calls.append(m) or fn(m), rewards, span, 4, cfg)
+                           lambda m, rows: calls.append(m) or fn(m)[rows], rewards, span, 4, cfg)
     assert len(calls) == (2 if beta else 1)  # (the reference and) the policy's gradient pass
     opt = torch.optim.AdamW(slow.parameters(), lr=1e-2)
     with torch.no_grad():
@@ -247,6 +267,32 @@ def test_grpo_step_with_mu_one_reuses_the_gradient_pass_for_old_logprobs(beta):
     assert stats["loss"] == pytest.approx(loss.item(), abs=1e-7)
     for a, b in zip(fast.parameters(), slow.parameters()):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("loss_type", grpo.LOSS_TYPES)
+def test_micro_batches_make_the_same_update(loss_type):
+    """micro_batch splits the forward passes, not the maths: 8 rows in micro-batches of 3, 3 and 2 give the
+    update, loss and stats of all 8 at once (two inner steps, a KL to a reference that differs)."""
+    tokens = torch.tensor([5, 7, 9, 7, 5, 5, 9, 7])
+    rewards = torch.tensor([0.0, 1.0, 0.2, 0.9, -1.0, 0.0, 0.5, 0.7])
+    cfg = grpo.GRPOConfig(beta=0.1, mu=2, loss_type=loss_type)
+    results = []
+    for micro_batch in (0, 3):
+        policy, prompt = bandit_setup()
+        fn, span = bandit_logprobs(prompt, tokens)
+        span[::3, -2] = 1  # completions of two lengths, so that the reductions differ
+        passes = []
+        # plain SGD: Adam would blow float noise in a near-zero gradient up to a full step
+        stats = grpo.grpo_step(policy, tiny_model(1), torch.optim.SGD(policy.parameters(), lr=0.5),
+                               lambda m, rows: passes.append(rows) or fn(m)[rows] * span[rows], rewards, span, 4, cfg,
+                               micro_batch=micro_batch)
+        results.append((stats, list(policy.parameters()), passes))
+    (whole, w_params, w_passes), (micro, m_params, m_passes) = results
+    assert all(r.stop - r.start <= 3 for r in m_passes) and len(m_passes) == 3 * len(w_passes)
+    for key in whole:
+        assert micro[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
+    for a, b in zip(w_params, m_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1170,3 +1216,34 @@ def test_pretrained_start_errors(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"model.safetensors: no such file"):
         train_llm.cli(args + [f"--init_from={folder}"])
 
+
+
+# ----------------------------------------------------------------------------------------------------
+# Speed: the copies keep torch.compile, and bench.py's GPU check runs (at toy sizes, on this CPU)
+
+
+import bench  # noqa: E402
+from model import copy_model  # noqa: E402
+
+
+def test_copies_of_a_compiled_model_are_compiled_again(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((self, kw)))
+    model = tiny_model().compile_forward()
+    ref = swirl.frozen_copy(model)  # a reference or reward model, as each phase makes
+    fwm, idm = swirl.copy_pair(model, tiny_model())
+    assert [m for m, _ in compiled] == [model, ref, fwm] and all(kw == {"dynamic": True} for _, kw in compiled)
+    assert copy_model(tiny_model()) is not None and len(compiled) == 3  # an eager model stays eager
+
+
+def test_gpu_check_runs_at_toy_sizes_on_the_cpu(tmp_path, capsys):
+    figures = bench.gpu_check(torch.device("cpu"), small=True, out_dir=str(tmp_path))
+    out = capsys.readouterr().out
+    for line in ("device: cpu", "attention, causal with no mask:", "SFT:", "decode:", "GRPO step, phase I (FWM):",
+                 "GRPO step, phase II (IDM):", "SFT loss on held-out transitions:", "short train_llm.py run:"):
+        assert line in out, line
+    assert "FAIL" not in out and figures["run"]["finite"]
+    start, end = figures["run"]["sft_loss"]
+    assert end < start and figures["sft_tokens_per_s"] > 0 and figures["decode_tokens_per_s"] > 0
+    for phase in ("phase I (FWM)", "phase II (IDM)"):
+        assert set(figures[phase]) == {"sampling", "reward", "reference", "policy"}

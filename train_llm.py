@@ -37,7 +37,8 @@ import swirl
 from common import config_dict, format_table, parse_options, rank_and_processes, write_results
 from data import (DataError, bpe_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled, load_episodes,
                   make_codec, split_episodes, transitions)
-from model import GPT, GPTConfig, WeightsError, gpt2_from_folder, load_checkpoint, model_state, save_checkpoint
+from model import (GPT, GPTConfig, WeightsError, copy_model, gpt2_from_folder, load_checkpoint, model_state,
+                   save_checkpoint)
 from tqdm import tqdm
 
 
@@ -63,7 +64,7 @@ class LLMConfig:
     # the machine
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: str = "auto"  # "auto": bfloat16 autocast on a GPU that has it, else float32
-    compile: bool = False  # torch.compile the models' forward (GPU; the first steps are slow)
+    compile: bool = False  # torch.compile the passes over whole sequences (GPT.compile_forward); sampling stays eager
     # the run
     seed: int = 0
     val_fraction: float = 0.1  # of the labelled episodes: early stopping of every SFT
@@ -295,9 +296,7 @@ def model_factory(cfg, tok, device, folder=None):
 
     def new_model():
         model = (copy.deepcopy(pretrained) if folder is not None else GPT(mcfg)).to(device)
-        if cfg.compile:
-            model.compile(dynamic=True)  # in place: the module stays a GPT (deepcopy, state_dict)
-        return model
+        return model.compile_forward() if cfg.compile else model
 
     return new_model, mcfg, n_params
 
@@ -319,11 +318,11 @@ def restore_pair(state, fwm_like, idm_like):
     """The inverse of pair_state: fresh copies of the given models with the saved weights."""
     if state is None:
         return None
-    fwm = copy.deepcopy(fwm_like)
+    fwm = copy_model(fwm_like)
     fwm.load_state_dict(state["fwm"])
     if state["idm"] is None:
         return (fwm, fwm) if fwm_like is idm_like else (fwm, None)
-    idm = copy.deepcopy(idm_like)
+    idm = copy_model(idm_like)
     idm.load_state_dict(state["idm"])
     return fwm, idm
 
