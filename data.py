@@ -338,6 +338,7 @@ class Codec:
     action_ids: torch.Tensor  # (vocab,) bool: the IDM may only write these (plus <|end|>)
     max_state_tokens: int  # longest y the FWM writes, <|end|> included
     max_action_tokens: int  # longest z the IDM writes, <|end|> included
+    known_actions: frozenset = frozenset()  # the labelled actions (reward-hacking stats only)
     shared: bool = False  # one model for both roles: prompts start with the role's token
     truncate: bool = False  # cut the start of x instead of raising when a transition does not fit
 
@@ -379,6 +380,7 @@ def make_codec(tok, block_size, labelled, unlabelled, shared=False, truncate=Fal
         action_ids=tok.seen_ids(actions, vocab_size) if closed_world else tok.text_ids(vocab_size),
         max_state_tokens=max(len(tok.encode(s)) for s in states) + 1,
         max_action_tokens=max(len(tok.encode(a)) for a in actions) + 1,
+        known_actions=frozenset(actions),
         shared=shared,
         truncate=truncate,
     )

@@ -64,16 +64,19 @@ class SwirlConfig:
     iterations: int = 2
     phases: str = "both"  # "both", "fwm" (Phase I only) or "idm" (Phase II only)
     shared: bool = False  # one model plays both roles (the role is named in the prompt)
-    steps_per_phase: int = 100  # GRPO steps in each phase
+    steps_per_phase: int = 100  # GRPO steps in each phase; 0: one pass over the phase's pairs, as the paper does
     phase_eval_every: int = 0  # > 0: check the held-out labelled split every so many GRPO steps and keep each
     # phase's best weights (the start included), as early stopping keeps SFT's; sft_continue then checks as
     # often. 0: each phase ends at its last step, as in the paper
     prompts_per_step: int = 16  # real pairs (x, y) per GRPO step
     group_size: int = 8  # G: samples per prompt
-    lr: float = 1e-4  # GRPO learning rate
+    lr: float = 1e-4  # GRPO learning rate (peak)
+    lr_schedule: str = "constant"  # over each phase's steps: "constant", or "cosine" (to 0, the paper's)
+    lr_warmup: int = 0  # GRPO steps of linear warm-up at the start of each phase
     temperature: float = 1.0  # sampling temperature of GRPO's groups (log-probs are taken at the same one)
     top_p: float = 0.96
     confidence: float = 0.9  # Phase I and Bootstrap keep pairs whose IDM action has mean token prob >= this
+    # (the authors' code keeps mean token log-prob >= -2, a probability of exp(-2) = 0.135: the text presets')
     reward_floor: float = -10.0  # rewards are clamped below at this value
     # evaluation and baselines
     best_of: str = "2,4,8"  # N for test-time verification
@@ -155,14 +158,16 @@ def phase_fwm(fwm, idm, ref_fwm, codec, pairs, cfg, rng, generator, desc="phase 
     reward_idm = frozen_copy(idm)
     z, conf = infer_actions(reward_idm, codec, pairs)
     confident = [(p, zi) for p, zi, c in zip(pairs, z, conf.tolist()) if c >= cfg.confidence]
-    log = {"kept_frac": len(confident) / max(1, len(pairs))}
+    log = {"pairs": len(confident), "kept_frac": len(confident) / max(1, len(pairs)),
+           **action_stats([zi for _, zi in confident], codec)}
     if not confident:
         return log
     opt = opt or new_optimizer(fwm, cfg)
     G = cfg.group_size
     stats, best = [], BestWeights(fwm, val_score, cfg.phase_eval_every, at_start=True)
-    for step in tqdm(range(1, cfg.steps_per_phase + 1), desc=desc, leave=False, file=sys.stdout, disable=None):
-        batch = rng.sample(confident, min(prompts_per_rank(cfg), len(confident)))
+    batches = phase_batches(confident, cfg, rng)
+    for step, batch in enumerate(tqdm(batches, desc=desc, leave=False, file=sys.stdout, disable=None), start=1):
+        set_lr(opt, step, len(batches), cfg)
         prompts = [codec.fwm_example(p.x, zi, source=p.source)[0] for p, zi in batch]
         y_hat = sample_completions(fwm, codec, prompts, codec.max_state_tokens, codec.state_ids, cfg.temperature,
                                    cfg.top_p, G, generator, batch=cfg.micro_batch)
@@ -175,8 +180,8 @@ def phase_fwm(fwm, idm, ref_fwm, codec, pairs, cfg, rng, generator, desc="phase 
         rewards = rewards.clamp(min=cfg.reward_floor)
         stats.append(policy_update(fwm, ref_fwm, opt, [p for p in prompts for _ in range(G)], y_hat, rewards,
                                    codec.state_ids, cfg))
-        best.check_if_due(step, cfg.steps_per_phase)
-    return {**log, **mean_stats(stats), **best.restore()}
+        best.check_if_due(step, len(batches))
+    return {**log, "steps": len(batches), **mean_stats(stats), **best.restore()}
 
 
 def phase_idm(idm, fwm, ref_idm, codec, pairs, cfg, rng, generator, desc="phase II (IDM)", opt=None, val_score=None):
@@ -192,9 +197,10 @@ def phase_idm(idm, fwm, ref_idm, codec, pairs, cfg, rng, generator, desc="phase 
     reward_fwm = frozen_copy(fwm)
     opt = opt or new_optimizer(idm, cfg)
     G = cfg.group_size
-    stats, best = [], BestWeights(idm, val_score, cfg.phase_eval_every, at_start=True)
-    for step in tqdm(range(1, cfg.steps_per_phase + 1), desc=desc, leave=False, file=sys.stdout, disable=None):
-        batch = rng.sample(pairs, min(prompts_per_rank(cfg), len(pairs)))
+    stats, best, written = [], BestWeights(idm, val_score, cfg.phase_eval_every, at_start=True), []
+    batches = phase_batches(pairs, cfg, rng)
+    for step, batch in enumerate(tqdm(batches, desc=desc, leave=False, file=sys.stdout, disable=None), start=1):
+        set_lr(opt, step, len(batches), cfg)
         prompts = [codec.idm_example(p.x, p.y, source=p.source)[0] for p in batch]
         z = sample_completions(idm, codec, prompts, codec.max_action_tokens, codec.action_ids, cfg.temperature,
                                cfg.top_p, G, generator, batch=cfg.micro_batch)
@@ -207,8 +213,10 @@ def phase_idm(idm, fwm, ref_idm, codec, pairs, cfg, rng, generator, desc="phase 
         rewards = rewards.clamp(min=cfg.reward_floor)
         stats.append(policy_update(idm, ref_idm, opt, [p for p in prompts for _ in range(G)], z, rewards,
                                    codec.action_ids, cfg))
-        best.check_if_due(step, cfg.steps_per_phase)
-    return {**mean_stats(stats), **best.restore()}
+        written += [codec.tok.decode(zk) for zk in z]
+        best.check_if_due(step, len(batches))
+    return {"pairs": len(pairs), "steps": len(batches), **action_stats(written, codec), **mean_stats(stats),
+            **best.restore()}
 
 
 def policy_update(policy, reference, opt, prompts, completions, rewards, allowed_ids, cfg):
@@ -228,9 +236,37 @@ def new_optimizer(model, cfg):
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
 
 
-def prompts_per_rank(cfg):
-    """Under torchrun the prompts of a step are split across ranks; each samples its own groups."""
-    return max(1, cfg.prompts_per_step // rank_and_processes()[1])
+def set_lr(opt, step, n_steps, cfg):
+    """GRPO's rate at this step of the phase: linear warm-up over lr_warmup steps, then constant or cosine to 0."""
+    if step <= cfg.lr_warmup:
+        lr = cfg.lr * step / (cfg.lr_warmup + 1)
+    elif cfg.lr_schedule == "cosine":
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - 1 - cfg.lr_warmup) / max(1, n_steps - cfg.lr_warmup)))
+    else:
+        lr = cfg.lr
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def phase_batches(items, cfg, rng):
+    """The prompts of each GRPO step of a phase. steps_per_phase > 0: that many steps, each a random sample of
+    prompts_per_step items; 0: one pass over the items in a random order, as the paper's one epoch per phase.
+    Under torchrun the prompts of a step are split across ranks; each samples its own groups."""
+    per_step = max(1, cfg.prompts_per_step // rank_and_processes()[1])
+    if cfg.steps_per_phase:
+        return [rng.sample(items, min(per_step, len(items))) for _ in range(cfg.steps_per_phase)]
+    order = rng.sample(items, len(items))
+    return [order[i : i + per_step] for i in range(0, len(order), per_step)]
+
+
+def action_stats(actions, codec):
+    """The paper's reward-hacking check: how many distinct actions, how long (tokens), and the share never
+    seen among the labelled actions (actions turning into short codes would show in all three)."""
+    if not actions:
+        return {}
+    return {"actions_distinct": len(set(actions)),
+            "action_tokens": sum(len(codec.tok.encode(a)) for a in actions) / len(actions),
+            "actions_unseen": sum(a not in codec.known_actions for a in actions) / len(actions)}
 
 
 def mean_stats(stats):
@@ -460,12 +496,13 @@ def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, id
             if role == "fwm":
                 stats = phase_fwm(fwm, idm, ref, codec, unlabelled, cfg, rng, gen, f"it{it} phase I (FWM)", opt,
                                   val_score=val_score)
-                run.swirl_steps += cfg.steps_per_phase if "reward" in stats else 0
+                run.swirl_steps += stats["steps"] if "reward" in stats else 0
             else:
                 stats = phase_idm(idm, fwm, ref, codec, unlabelled, cfg, rng, gen, f"it{it} phase II (IDM)", opt,
                                   val_score=val_score)
-                run.swirl_steps += cfg.steps_per_phase
+                run.swirl_steps += stats["steps"]
             log(f"  it{it} phase {'I ' if role == 'fwm' else 'II'} stats: " + format_stats(stats))
+            warn_if_idle(stats, role, cfg, log)
             record(name, fwm, idm)
             if save(name, {role: opt}):
                 return run.stages, (fwm, idm)
@@ -473,6 +510,16 @@ def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, id
     log("baselines")
     run_baselines(cfg, codec, run, labelled, val, unlabelled, unlabelled_truth, record, log)
     return run.stages, (fwm, idm)
+
+
+def warn_if_idle(stats, role, cfg, log):
+    """One loud line when a phase could not learn: no pair passed the filter, or no group had a signal."""
+    if not stats.get("pairs"):
+        log(f"  WARNING: phase I kept no pair: the IDM's action never had a mean token probability >= "
+            f"--confidence={cfg.confidence:.3g}, so the FWM made no update")
+    elif stats.get("zero_std_frac") == 1.0:
+        log(f"  WARNING: every group of phase {'I' if role == 'fwm' else 'II'} had equal rewards (its G samples alike "
+            "or scored alike): no step had a learning signal")
 
 
 def run_baselines(cfg, codec, run, labelled, val, unlabelled, unlabelled_truth, record, log):

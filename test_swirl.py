@@ -648,7 +648,37 @@ def test_confidence_filter_drops_what_it_should(monkeypatch):
     assert "labelled 2 of 4 unlabelled pairs" in report and "50.0% of those labels" in report
     scfg.confidence = 0.95
     stats = swirl.phase_fwm(new(), new(), None, codec, pairs, scfg, random.Random(0), torch.Generator())
-    assert stats == {"kept_frac": 0.0}  # nothing confident: Phase I makes no update
+    assert stats == {"pairs": 0, "kept_frac": 0.0}  # nothing confident: Phase I makes no update
+    fake = (["up", "down"], torch.tensor([math.exp(-2) + 1e-4, math.exp(-2) - 1e-4]))  # the authors' threshold
+    monkeypatch.setattr(swirl, "infer_actions", lambda *a: fake)
+    kept, where = swirl.pseudo_label(None, codec, pairs[:2], swirl.replace(scfg, confidence=math.exp(-2)))
+    assert where == [0]  # mean token log-prob just above -2 is kept, just below is dropped
+
+
+def test_a_phase_that_cannot_learn_says_so(capsys):
+    _, scfg, codec, new, lab, val, unl, test = tiny_toy(confidence=1.1, iterations=1, phases="fwm")
+    swirl.run_swirl(scfg, codec, new, lab, val, unl, test, stop_after="swirl_it1_fwm")
+    out = capsys.readouterr().out
+    assert "WARNING: phase I kept no pair" in out and "--confidence=1.1" in out and "pairs=0" in out
+
+
+def test_one_pass_per_phase_and_the_rate_schedule():
+    _, scfg, *_ = tiny_toy(steps_per_phase=0, prompts_per_step=3, lr=1.0, lr_schedule="cosine", lr_warmup=1)
+    batches = swirl.phase_batches(list(range(10)), scfg, random.Random(0))
+    assert [len(b) for b in batches] == [3, 3, 3, 1] and sorted(sum(batches, [])) == list(range(10))
+    opt = torch.optim.SGD(tiny_model().parameters(), lr=0.0)
+    rates = []
+    for step in range(1, 5):
+        swirl.set_lr(opt, step, 4, scfg)
+        rates.append(opt.param_groups[0]["lr"])
+    # warm-up 1 step (lr * 1/2), then cosine to 0 over the remaining 3 steps: 1, cos^2 ... by hand
+    assert rates == pytest.approx([0.5, 1.0, 0.5 * (1 + math.cos(math.pi / 3)), 0.5 * (1 + math.cos(2 * math.pi / 3))])
+
+
+def test_action_stats_by_hand():
+    _, _, codec, *_ = tiny_toy()
+    stats = swirl.action_stats(["up", "up", "jump", "left"], codec)  # bytes: 2, 2, 4, 4 tokens
+    assert stats == {"actions_distinct": 3, "action_tokens": 3.0, "actions_unseen": 0.25}
 
 
 def test_references_reset_every_iteration(monkeypatch):
@@ -992,6 +1022,22 @@ def test_bpe_cache_is_shared_across_seeds_and_never_overwritten(tmp_path):
     # without it, the held-out episodes depend on the seed; each split gets its own file beside the first
     first = tokenizer_files([])
     assert len(tokenizer_files(["--eval_data=", "--seed=3"])) == 2 and set(first) <= set(tokenizer_files([]))
+
+
+def test_every_held_out_state_and_action_can_be_written():
+    """The text path's masks allow all text: every state and action of the shipped test split, and a state
+    of words no training state has, can be written by its role (under the trained BPE, which makes each
+    training word one token, unseen words need sub-word tokens that never occurred in training)."""
+    cfg, scfg = train_llm.configure([])
+    labelled, val, unlabelled, test = train_llm.load_data(cfg)
+    tok = train_llm.make_tokenizer(cfg, labelled + val + unlabelled)
+    codec = data.make_codec(tok, cfg.block_size, labelled, unlabelled)
+    unseen = "A zebra quietly juggles xylophones."
+    for texts, allowed in (([t.x for t in test] + [t.y for t in test] + [unseen], codec.state_ids),
+                           ([t.action for t in test] + [unseen], codec.action_ids)):
+        assert all(bool(allowed[tok.encode(s)].all()) for s in texts)
+    assert not codec.state_ids[[tok.state_id, tok.next_id, tok.pad_id, tok.fwm_id, tok.idm_id]].any()
+    assert codec.state_ids[tok.end_id] and codec.action_ids[tok.end_id]
 
 
 def test_copy_baseline_hand_computed():

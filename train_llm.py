@@ -76,14 +76,17 @@ class LLMConfig:
 
 
 # Settings a preset changes (fields of LLMConfig, swirl.SwirlConfig or grpo.GRPOConfig); anything given on
-# the command line wins over them. beta = 1 on the text path is not yet the paper's 0.1 (README, "The paper
-# and this code").
+# the command line wins over them. Both take the paper's text settings for GRPO: beta 0.1 (GRPOConfig's
+# default), temperature 0.7, top-p 0.96, a cosine rate with 25 warm-up steps, and the authors' filter (mean
+# token log-prob of the IDM's action >= -2). The GPU preset also takes G = 16, a rate of 5e-5 and one pass
+# over the unlabelled pairs per phase; the CPU preset keeps a small G and a few steps, to run in minutes.
+PAPER_TEXT = dict(temperature=0.7, top_p=0.96, lr_schedule="cosine", lr_warmup=25, confidence=math.exp(-2))
 PRESETS = {
-    "gpu": dict(sft_lr=6e-4, sft_batch=32, sft_max_steps=5000, sft_eval_every=250, steps_per_phase=100,
-                prompts_per_step=32, group_size=8, lr=2e-5, beta=1.0),
-    "cpu": dict(n_layer=2, n_head=4, n_embd=64, device="cpu", dtype="float32", max_eval=48, sft_lr=3e-3,
-                sft_batch=16, sft_max_steps=150, sft_eval_every=50, sft_patience=2, iterations=1,
-                steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2", beta=1.0),
+    "gpu": dict(PAPER_TEXT, sft_lr=6e-4, sft_batch=32, sft_max_steps=5000, sft_eval_every=250, steps_per_phase=0,
+                prompts_per_step=8, group_size=16, lr=5e-5, micro_batch=64),
+    "cpu": dict(PAPER_TEXT, n_layer=2, n_head=4, n_embd=64, device="cpu", dtype="float32", max_eval=48, sft_lr=3e-3,
+                sft_batch=16, sft_max_steps=150, sft_eval_every=50, sft_patience=2, iterations=1, lr_warmup=0,
+                steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2"),
 }
 
 METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_bleu", "fwm_rougeL"]
