@@ -972,6 +972,20 @@ def test_scienceworld_unknown_task_is_a_clear_error(tmp_path):
         prepare.prepare(cfg, FakeScienceWorld())
 
 
+def test_gridworld_as_jsonl(tmp_path):
+    spec = importlib.util.spec_from_file_location("grid_prepare", os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "data", "gridworld", "prepare.py"))
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    cfg = grid.GridPrep(out=str(tmp_path), labelled_episodes=3, unlabelled_episodes=5, test_episodes=2)
+    assert grid.prepare(cfg) == (8, 2)
+    train, test = (data.load_episodes(str(tmp_path / f)) for f in ("train.jsonl.gz", "test.jsonl.gz"))
+    labelled, unlabelled = data.labelled_and_unlabelled(data.transitions(train))
+    assert (len(labelled), len(unlabelled)) == (3 * 8, 5 * 8) and all(a for e in test for a in e.actions)
+    states, actions = make_episodes(GridWorld(4, 3, 1, 8), 10, seed=0)  # the toy's world, the same stream
+    assert [e.states for e in train + test] == states and train[0].actions == actions[0]
+
+
 def test_shipped_snapshot_loads_and_validates():
     train = data.load_episodes("data/scienceworld/train.jsonl.gz")
     test = data.load_episodes("data/scienceworld/test.jsonl.gz")

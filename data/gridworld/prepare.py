@@ -1,0 +1,54 @@
+"""
+data/gridworld/prepare.py: the toy's gridworld as JSONL episodes, for train_llm.py's text path.
+
+    python data/gridworld/prepare.py              # writes train.jsonl.gz and test.jsonl.gz here
+    python train_llm.py --data=data/gridworld/train.jsonl.gz --eval_data=data/gridworld/test.jsonl.gz --preset=cpu
+
+The same world as train_toy.py (toy_envs/gridworld.py), written the way any user's state sequences
+would be: the labelled episodes keep their actions, the unlabelled ones have none, and the test episodes
+keep all of theirs for metrics. It is the smallest honest check of the text path: a world whose rules we
+know, whose states are short, and whose toy results (train_toy.py) the text path can be held against.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+
+# data.py, common.py and toy_envs/ live two folders up; this script is run by its path
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from common import parse_options  # noqa: E402
+from data import Episode, write_episodes  # noqa: E402
+from toy_envs import GridWorld, make_episodes  # noqa: E402
+
+
+@dataclass
+class GridPrep:
+    out: str = os.path.dirname(os.path.abspath(__file__))
+    size: int = 4  # the toy's defaults (train_toy.ToyConfig)
+    n_walls: int = 3
+    n_boxes: int = 1
+    episode_len: int = 8
+    labelled_episodes: int = 40  # with actions (SFT; train_llm.py holds a tenth of them out for early stopping)
+    unlabelled_episodes: int = 200  # actions hidden: SWIRL's data
+    test_episodes: int = 100  # with actions, for metrics only
+    seed: int = 0
+
+
+def prepare(cfg):
+    """Write cfg.out/train.jsonl.gz (labelled, then unlabelled episodes) and cfg.out/test.jsonl.gz."""
+    world = GridWorld(cfg.size, cfg.n_walls, cfg.n_boxes, cfg.episode_len)
+    n_train = cfg.labelled_episodes + cfg.unlabelled_episodes
+    states, actions = make_episodes(world, n_train + cfg.test_episodes, seed=cfg.seed)
+    train = [Episode(s, a if i < cfg.labelled_episodes else [None] * len(a))
+             for i, (s, a) in enumerate(zip(states[:n_train], actions[:n_train]))]
+    test = [Episode(s, a) for s, a in zip(states[n_train:], actions[n_train:])]
+    write_episodes(os.path.join(cfg.out, "train.jsonl.gz"), train)
+    write_episodes(os.path.join(cfg.out, "test.jsonl.gz"), test)
+    return len(train), len(test)
+
+
+if __name__ == "__main__":
+    (cfg,) = parse_options(sys.argv[1:], GridPrep())
+    n_train, n_test = prepare(cfg)
+    print(f"wrote {cfg.out}/train.jsonl.gz ({n_train} episodes) and {cfg.out}/test.jsonl.gz ({n_test})")
