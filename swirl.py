@@ -532,7 +532,7 @@ def run_baselines(cfg, codec, run, labelled, val, unlabelled, unlabelled_truth, 
     record("bootstrap", boot_fwm, boot_idm)
     # SFT-continue: as many extra update steps on the labelled data as SWIRL took, split like SWIRL's, at
     # SWIRL's learning rate and with its checks on the held-out split, so that only the objective differs
-    # (at SFT's peak rate the converged toy FWM got worse: NOTES.md, "sft_continue at SWIRL's rate").
+    # (at SFT's peak rate the converged toy FWM got worse: NOTES.md, "`sft_continue` now runs at SWIRL's learning rate").
     cont_fwm, cont_idm = copy_pair(*run.sft_models)
     per_model = run.swirl_steps if cfg.shared else max(1, run.swirl_steps // 2)
     at_swirl_lr = replace(cfg, sft_lr=cfg.lr, finetune_lr=cfg.lr, sft_eval_every=cfg.phase_eval_every)

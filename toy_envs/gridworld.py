@@ -112,7 +112,7 @@ def random_layout(world, rng):
 def random_action(state, world, rng):
     """The logging policy: usually a move that does something (as in real logs), sometimes any move.
     With world.patrol > 0 it is an agent that mostly walks along the rows: logs whose actions are far from
-    even, which is what a self-labelling baseline's labels depend on (README, "What we tried")."""
+    even, which is what a self-labelling baseline's labels depend on (NOTES.md, "Logs from a patrolling agent")."""
     moving = [a for a in world.actions if step(state, a) != state]
     if world.patrol and rng.random() < world.patrol:  # no draw at patrol = 0: the same episodes as before
         along_rows = [a for a in moving if a.split()[0] in ("left", "right")]
