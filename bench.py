@@ -261,7 +261,7 @@ def short_run(device, small, out_dir):
     args = [f"--out_dir={out_dir}", f"--device={device.type}", "--samples=0", "--iterations=1", "--steps_per_phase=2",
             "--max_eval=16", "--best_of=2", "--sft_eval_every=50", "--sft_max_steps=100", "--sft_patience=1"]
     if small:
-        args += tiny_text_data(out_dir)
+        args += tiny_text_data(out_dir) + ["--sft_max_steps=20", "--sft_eval_every=10", "--max_eval=4"]
     cfg, scfg = train_llm.configure(args)
     labelled, val, unlabelled, _ = train_llm.load_data(cfg)
     tok = train_llm.make_tokenizer(cfg, labelled + val + unlabelled)
@@ -291,8 +291,8 @@ def short_run(device, small, out_dir):
 
 
 def tiny_text_data(out_dir):
-    """A few 3x3 gridworld episodes as JSONL (half of them without actions) and train_llm.py's options for
-    them at toy sizes."""
+    """A few 3x3 gridworld episodes as JSONL in out_dir (half the training ones without actions, the test
+    file gzipped) and train_llm.py's options for them at toy sizes (the tests use them too)."""
     import os
 
     from data import Episode, write_episodes
@@ -301,10 +301,10 @@ def tiny_text_data(out_dir):
     states, actions = make_episodes(GridWorld(3, 1, 1, 3), 16, seed=0)
     train = [Episode(s, a if i % 2 == 0 else [None] * len(a)) for i, (s, a) in enumerate(zip(states[:12], actions[:12]))]
     write_episodes(os.path.join(out_dir, "train.jsonl"), train)
-    write_episodes(os.path.join(out_dir, "test.jsonl"), [Episode(s, a) for s, a in zip(states[12:], actions[12:])])
-    return [f"--data={out_dir}/train.jsonl", f"--eval_data={out_dir}/test.jsonl", "--preset=cpu", "--n_layer=1",
-            "--n_head=2", "--n_embd=16", "--block_size=48", "--vocab_size=270", "--sft_max_steps=20",
-            "--sft_eval_every=10", "--prompts_per_step=2", "--group_size=2", "--confidence=0.0", "--max_eval=4"]
+    write_episodes(os.path.join(out_dir, "test.jsonl.gz"), [Episode(s, a) for s, a in zip(states[12:], actions[12:])])
+    return [f"--data={out_dir}/train.jsonl", f"--eval_data={out_dir}/test.jsonl.gz", "--preset=cpu", "--n_layer=1",
+            "--n_head=2", "--n_embd=16", "--block_size=48", "--vocab_size=270", "--prompts_per_step=2",
+            "--group_size=2", "--confidence=0.0"]
 
 
 def main(argv):

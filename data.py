@@ -104,11 +104,12 @@ class Tokenizer:
         return allowed
 
 
-def _with_specials(name, pat_str, ranks):
-    first = max(ranks.values()) + 1
+def _with_specials(name, pat_str, ranks, gap=0):
+    """A Tokenizer of these text tokens with our special tokens after them (gap ids left unused between)."""
+    first = max(ranks.values()) + 1 + gap
     specials = {s: first + i for i, s in enumerate(SPECIALS)}
     return Tokenizer(tiktoken.Encoding(name=name, pat_str=pat_str, mergeable_ranks=ranks, special_tokens=specials),
-                     n_text=first)
+                     n_text=max(ranks.values()) + 1)
 
 
 def byte_tokenizer():
@@ -196,10 +197,10 @@ GPT2_SPLIT_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}
 def gpt2_tokenizer(folder=None):
     """GPT-2's BPE plus our specials, after GPT-2's 50,257 ids (its <|endoftext|>, id 50,256, is unused).
 
-    With a folder that holds Hugging Face's vocab.json and merges.txt (GPT-2's encoder.json and vocab.bpe
-    under other names), read from there, offline; otherwise from tiktoken, which downloads the vocabulary
-    on first use and fails offline: we say so, with the fix, instead of a network error."""
-    if folder is not None and os.path.exists(os.path.join(folder, "vocab.json")):
+    With a folder (a pretrained model's), read from its vocab.json and merges.txt (GPT-2's encoder.json and
+    vocab.bpe under other names), offline; without one, from tiktoken, which downloads the vocabulary on
+    first use and fails offline: we say so, with the fix, instead of a network error."""
+    if folder is not None:
         ranks = gpt2_ranks(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"))
         pat_str = GPT2_SPLIT_PATTERN
     else:
@@ -212,10 +213,7 @@ def gpt2_tokenizer(folder=None):
                 "folder, or use --tokenizer=bpe (trained offline on your data)."
             ) from None
         ranks, pat_str = base._mergeable_ranks, base._pat_str
-    first = max(ranks.values()) + 2  # after <|endoftext|>, so that GPT-2's rows keep their ids
-    specials = {s: first + i for i, s in enumerate(SPECIALS)}
-    enc = tiktoken.Encoding(name="swirl-gpt2", pat_str=pat_str, mergeable_ranks=ranks, special_tokens=specials)
-    return Tokenizer(enc, n_text=len(ranks))
+    return _with_specials("swirl-gpt2", pat_str, ranks, gap=1)  # gap: <|endoftext|>, so GPT-2's rows keep their ids
 
 
 def gpt2_byte_alphabet():

@@ -146,7 +146,9 @@ def grpo_step(policy, reference, optimizer, logprobs_fn, rewards, mask, group_si
             part, part_stats = grpo_loss(logp, old, ref, advantages[rows], mask[rows], cfg, whole)
             part.backward()  # gradients add up over the micro-batches
             share = float(mask[rows].sum()) / max(1.0, whole[1])  # this micro-batch's share of the tokens
-            loss, kl, clip_frac = loss + part.item(), kl + share * part_stats["kl"], clip_frac + share * part_stats["clip_frac"]
+            loss += part.item()
+            kl += share * part_stats["kl"]
+            clip_frac += share * part_stats["clip_frac"]
         if sync_grads is not None:
             sync_grads(policy)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)

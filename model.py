@@ -282,7 +282,8 @@ def generate(
         raise ValueError(
             f"prompt of {T} tokens + {max_new_tokens} new tokens exceeds block_size={model.config.block_size}"
         )
-    seq, mask = ids.repeat_interleave(num_samples, 0), attn_mask.repeat_interleave(num_samples, 0)
+    mask = attn_mask.repeat_interleave(num_samples, 0)  # (B * G, T)
+    seq = None if use_cache else ids.repeat_interleave(num_samples, 0)  # the whole sequence: the oracle only
     if use_cache:
         cache = model.new_cache(B, T + max_new_tokens)
         logits = model.forward(ids, attn_mask, cache)[:, -1].repeat_interleave(num_samples, 0)  # (B * G, V): prefill
@@ -290,7 +291,7 @@ def generate(
             layer.repeat_rows(num_samples)
     else:
         logits = model.forward(seq, mask)[:, -1]  # (B * G, V)
-    done = torch.zeros(seq.size(0), dtype=torch.bool, device=ids.device)
+    done = torch.zeros(mask.size(0), dtype=torch.bool, device=ids.device)
     out, out_mask = [], []
     for step in range(max_new_tokens):
         tok = sample_next(masked_logits(logits.float(), allowed_ids), temperature, top_k, top_p, generator)
@@ -300,11 +301,11 @@ def generate(
         done = done | (tok == end_id)
         if step == max_new_tokens - 1 or (step % check_every == check_every - 1 and bool(done.all())):
             break
-        seq = torch.cat([seq, tok[:, None]], dim=1)  # (B * G, T + t)
-        mask = torch.cat([mask, torch.ones_like(tok[:, None])], dim=1)
+        mask = torch.cat([mask, torch.ones_like(tok[:, None])], dim=1)  # (B * G, T + t)
         if use_cache:
             logits = model.forward(tok[:, None], mask, cache)[:, -1]  # forward: never the compiled call
         else:
+            seq = torch.cat([seq, tok[:, None]], dim=1)
             logits = model.forward(seq, mask)[:, -1]
     toks, real = torch.stack(out, dim=1), torch.stack(out_mask, dim=1).long()  # (B * G, L)
     length = int(real.sum(dim=1).max())  # drop the columns written after every row had stopped
@@ -390,11 +391,16 @@ def gpt2_config(folder, vocab_size):
     """GPTConfig from a Hugging Face GPT-2 config.json; vocab_size: the rows the model needs (GPT-2's
     vocabulary plus our special tokens, see gpt2_from_folder)."""
     path = os.path.join(folder, "config.json")
+    if not os.path.exists(path):
+        raise WeightsError(f"{path}: no such file. Fix: put GPT-2's config.json there (see the README).")
     with open(path) as f:
         hf = json.load(f)
-    if hf.get("model_type") != "gpt2" or hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+    sizes = ("n_positions", "n_layer", "n_head", "n_embd")
+    activation = hf.get("activation_function", "gelu_new")
+    if hf.get("model_type") != "gpt2" or activation not in ("gelu_new", "gelu_pytorch_tanh") or not set(sizes) <= set(hf):
         raise WeightsError(f"{path}: not a GPT-2 config (model_type {hf.get('model_type')!r}, activation "
-                           f"{hf.get('activation_function')!r}). Fix: --init_from takes GPT-2 models only.")
+                           f"{activation!r}, sizes {[k for k in sizes if k in hf]}). Fix: --init_from takes GPT-2 "
+                           "models only.")
     return GPTConfig(vocab_size=vocab_size, block_size=hf["n_positions"], n_layer=hf["n_layer"], n_head=hf["n_head"],
                      n_embd=hf["n_embd"], dropout=0.0, bias=True, gelu="tanh")
 

@@ -204,16 +204,17 @@ def phase_idm(idm, fwm, ref_idm, codec, pairs, cfg, rng, generator, desc="phase 
         prompts = [codec.idm_example(p.x, p.y, source=p.source)[0] for p in batch]
         z = sample_completions(idm, codec, prompts, codec.max_action_tokens, codec.action_ids, cfg.temperature,
                                cfg.top_p, G, generator, batch=cfg.micro_batch)
+        z_text = [codec.tok.decode(zk) for zk in z]
         # r_k = log P_theta(y | x, z_k), length-normalised, clamped at reward_floor
-        reward_prompts = [codec.fwm_example(p.x, codec.tok.decode(zk), source=p.source)[0]
-                          for k, p in enumerate(batch) for zk in z[k * G : (k + 1) * G]]
+        reward_prompts = [codec.fwm_example(p.x, zk, source=p.source)[0]
+                          for k, p in enumerate(batch) for zk in z_text[k * G : (k + 1) * G]]
         reward_targets = [completion(codec.tok, p.y) for p in batch for _ in range(G)]
         rewards = mean_logprob(reward_fwm, reward_prompts, reward_targets, allowed_ids=codec.state_ids,
                                batch=cfg.micro_batch)
         rewards = rewards.clamp(min=cfg.reward_floor)
         stats.append(policy_update(idm, ref_idm, opt, [p for p in prompts for _ in range(G)], z, rewards,
                                    codec.action_ids, cfg))
-        written += [codec.tok.decode(zk) for zk in z]
+        written += z_text
         best.check_if_due(step, len(batches))
     return {"pairs": len(pairs), "steps": len(batches), **action_stats(written, codec), **mean_stats(stats),
             **best.restore()}

@@ -882,6 +882,7 @@ def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
 import importlib.util  # noqa: E402
 import os  # noqa: E402
 
+import bench  # noqa: E402
 import train_llm  # noqa: E402
 
 # data/scienceworld/prepare.py is a script run by its path (as nanoGPT's data/*/prepare.py are); load it so
@@ -998,15 +999,10 @@ def test_shipped_snapshot_loads_and_validates():
 
 
 def tiny_text_data(tmp_path):
-    """Gridworld episodes as text JSONL: half with actions, half without, and a test file."""
-    states, actions = make_episodes(GridWorld(3, 1, 1, 3), 16, seed=0)
-    eps = [data.Episode(s, a if i % 2 == 0 else [None] * len(a)) for i, (s, a) in enumerate(zip(states[:12], actions[:12]))]
-    data.write_episodes(str(tmp_path / "train.jsonl"), eps)
-    data.write_episodes(str(tmp_path / "test.jsonl.gz"), [data.Episode(s, a) for s, a in zip(states[12:], actions[12:])])
-    return [f"--data={tmp_path / 'train.jsonl'}", f"--eval_data={tmp_path / 'test.jsonl.gz'}", "--preset=cpu",
-            "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=48", "--vocab_size=270", "--sft_max_steps=4",
-            "--sft_eval_every=2", "--iterations=2", "--steps_per_phase=2", "--prompts_per_step=2", "--group_size=2",
-            "--confidence=0.0", "--samples=1"]
+    """Gridworld episodes as text JSONL (bench.tiny_text_data writes them: half with actions, half without,
+    and a gzipped test file), with a tiny run's options."""
+    return bench.tiny_text_data(str(tmp_path)) + ["--sft_max_steps=4", "--sft_eval_every=2", "--iterations=2",
+                                                  "--steps_per_phase=2", "--samples=1"]
 
 
 def test_train_llm_tiny_run_writes_results(tmp_path, capsys):
@@ -1267,8 +1263,15 @@ def test_pretrained_start_errors(tmp_path, monkeypatch):
         train_llm.cli(args + ["--init_from=gpt2"])
     folder = tmp_path / "notgpt2"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "n_positions": 64}))
+    with pytest.raises(SystemExit, match=r"notgpt2/vocab.json: no such file"):  # not a download: a folder was given
+        train_llm.cli(args + [f"--init_from={folder}"])
     write_gpt2_tokenizer(folder)
+    with pytest.raises(SystemExit, match=r"notgpt2/config.json: no such file"):
+        train_llm.cli(args + [f"--init_from={folder}"])
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))  # no sizes
+    with pytest.raises(SystemExit, match=r"config.json: not a GPT-2 config .*sizes \['n_layer'\]"):
+        train_llm.cli(args + [f"--init_from={folder}"])
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "n_positions": 64}))
     with pytest.raises(SystemExit, match=r"config.json: not a GPT-2 config \(model_type 'llama'"):
         train_llm.cli(args + [f"--init_from={folder}"])
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 64, "n_layer": 1,
@@ -1282,7 +1285,6 @@ def test_pretrained_start_errors(tmp_path, monkeypatch):
 # Speed: the copies keep torch.compile, and bench.py's GPU check runs (at toy sizes, on this CPU)
 
 
-import bench  # noqa: E402
 from model import copy_model  # noqa: E402
 
 

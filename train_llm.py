@@ -157,16 +157,20 @@ def copy_baseline(test):
 def configure(argv):
     """LLMConfig and SwirlConfig from the command line: defaults, then the preset, then --key=value."""
     cfg, scfg = LLMConfig(), swirl.SwirlConfig()
-    presets = [a.split("=", 1)[1] for a in argv if a.startswith("--preset=")]
-    preset = presets[-1] if presets else cfg.preset
+    preset = last_value(argv, "preset", cfg.preset)
     if preset not in PRESETS:
         sys.exit(f"unknown --preset={preset}; choose one of {sorted(PRESETS)}")
-    starts = [a.split("=", 1)[1] for a in argv if a.startswith("--init_from=")]
-    pretrained = FROM_PRETRAINED if starts and starts[-1] != "scratch" else {}
+    pretrained = FROM_PRETRAINED if last_value(argv, "init_from", cfg.init_from) != "scratch" else {}
     for key, value in {**PRESETS[preset], **pretrained}.items():
         setattr(next(c for c in (cfg, scfg, scfg.grpo) if hasattr(c, key)), key, value)
     parse_options(argv, cfg, scfg, scfg.grpo)
     return cfg, scfg
+
+
+def last_value(argv, key, default):
+    """The value the command line gives --key (the last one wins, as in parse_options), or the default."""
+    values = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{key}=")]
+    return values[-1] if values else default
 
 
 def load_data(cfg):
