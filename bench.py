@@ -259,7 +259,8 @@ def short_run(device, small, out_dir):
     import train_llm
 
     args = [f"--out_dir={out_dir}", f"--device={device.type}", "--samples=0", "--iterations=1", "--steps_per_phase=2",
-            "--max_eval=16", "--best_of=2", "--sft_eval_every=50", "--sft_max_steps=100", "--sft_patience=1"]
+            "--max_eval=16", "--best_of=2", "--sft_eval_every=50", "--sft_max_steps=100", "--sft_patience=1",
+            "--pretrain_steps=100"]
     if small:
         args += tiny_text_data(out_dir) + ["--sft_max_steps=20", "--sft_eval_every=10", "--max_eval=4"]
     cfg, scfg = train_llm.configure(args)
@@ -304,7 +305,7 @@ def tiny_text_data(out_dir):
     write_episodes(os.path.join(out_dir, "test.jsonl.gz"), [Episode(s, a) for s, a in zip(states[12:], actions[12:])])
     return [f"--data={out_dir}/train.jsonl", f"--eval_data={out_dir}/test.jsonl.gz", "--preset=cpu", "--n_layer=1",
             "--n_head=2", "--n_embd=16", "--block_size=48", "--vocab_size=270", "--prompts_per_step=2",
-            "--group_size=2", "--confidence=0.0"]
+            "--group_size=2", "--confidence=0.0", "--pretrain_steps=10"]
 
 
 def main(argv):

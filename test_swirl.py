@@ -1057,6 +1057,13 @@ def test_copy_baseline_hand_computed():
     assert train_llm.copy_baseline(test) == f"fwm_exact=0.500 fwm_bleu={0.5 ** 0.25:.3f} fwm_rougeL=0.500"
 
 
+def test_majority_baseline_hand_computed():
+    # "go" is the labelled steps' most common action; it is the answer on 1 of the 4 test steps
+    labelled = [data.Transition("s", "t", a, 0) for a in ["go", "go", "take", "look"]]
+    test = [data.Transition("s", "t", a, 0) for a in ["take", "go", "look", "look"]]
+    assert train_llm.majority_baseline(labelled, test) == "idm_action_acc=0.250 (always 'go')"
+
+
 def test_train_llm_resume_reaches_the_same_result(tmp_path):
     args = tiny_text_data(tmp_path) + ["--samples=0"]
     train_llm.main(args + [f"--out_dir={tmp_path / 'whole'}"])
