@@ -380,7 +380,7 @@ def pretrain_fwm(fwm, codec, labelled, pairs, cfg, rng):
     """State-only pretraining: the FWM learns to write y from x on state-only pairs (the unlabelled
     ones, or a corpus of their own: run_swirl's pretrain_pairs), the action unknown.
     The paper starts from pretrained LLMs, which already write plausible next states and only have to learn
-    what the actions do; this is the toy's stand-in. It uses no action label of those pairs: each
+    what the actions do; this is the stand-in (the toy's and the text presets'). It uses no action label: each
     pair is shown with PRETRAIN_WORDS_PER_PAIR action words drawn at random from the labelled split, so the
     FWM learns to copy the state and that the action word says nothing (SFT then teaches what it says). A
     placeholder word such as "?" would not do: it shifts x to other positions than real action words do,

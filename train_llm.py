@@ -2,7 +2,7 @@
 train_llm.py: SWIRL on real text states, on one CUDA GPU (or several, or a CPU for a small run).
 
     python train_llm.py                          # the shipped ScienceWorld snapshot, GPU-sized defaults
-    python train_llm.py --preset=cpu             # a tiny model on CPU, a few minutes, no GPU needed
+    python train_llm.py --preset=cpu             # a small model on a CPU, no GPU needed (README: its time)
     python train_llm.py --data=my.jsonl.gz --eval_data=my_test.jsonl --out_dir=out-mine
     torchrun --nproc_per_node=4 train_llm.py     # several GPUs: sampling split across ranks
     python train_llm.py --resume=True            # continue an interrupted run in --out_dir
@@ -79,7 +79,7 @@ class LLMConfig:
 # the command line wins over them. Both take the paper's text settings for GRPO: beta 0.1 (GRPOConfig's
 # default), temperature 0.7, top-p 0.96, a cosine rate with 25 warm-up steps, and the authors' filter (mean
 # token log-prob of the IDM's action >= -2). The GPU preset also takes G = 16, a rate of 5e-5 and one pass
-# over the unlabelled pairs per phase; the CPU preset keeps a small G and a few steps, to run in minutes.
+# over the unlabelled pairs per phase; the CPU preset keeps a small G and a few steps, to run on a CPU.
 # Two settings are not the paper's (README, "The paper and this code"):
 #   - the FWM from scratch is first pretrained on the unlabelled pairs, the action unknown (swirl.pretrain_fwm):
 #     it stands in for a pretrained LLM's ability to copy a state;
