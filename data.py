@@ -474,6 +474,19 @@ def write_episodes(path, episodes):
     os.replace(tmp, path)
 
 
+def write_splits(out, states, actions, n_labelled, n_unlabelled):
+    """A simulated world's episodes (lists of state texts and of actions) as train_llm.py's data: the first
+    n_labelled keep their actions, the next n_unlabelled have none (SWIRL's), the rest keep theirs for
+    metrics. Writes out/train.jsonl.gz and out/test.jsonl.gz; returns how many episodes each holds."""
+    n_train = n_labelled + n_unlabelled
+    train = [Episode(s, a if i < n_labelled else [None] * len(a))
+             for i, (s, a) in enumerate(zip(states[:n_train], actions[:n_train]))]
+    test = [Episode(s, a) for s, a in zip(states[n_train:], actions[n_train:])]
+    write_episodes(os.path.join(out, "train.jsonl.gz"), train)
+    write_episodes(os.path.join(out, "test.jsonl.gz"), test)
+    return len(train), len(test)
+
+
 def transitions(episodes):
     """Episodes -> (x, y, action-or-None) for every consecutive pair of states."""
     return [

@@ -177,11 +177,13 @@ class GPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
 
-    def forward(self, idx, attn_mask=None, cache=None):
+    def forward(self, idx, attn_mask=None, cache=None, only=None):
         """idx: (B, T) new token ids. attn_mask: (B, S) with 1 for real tokens over ALL positions the
         model can see (the cached past plus these T), for left-padded input; None for input that is
         unpadded or padded on the right. cache: a list of LayerCache (one per block) or None.
-        Returns logits (B, T, vocab)."""
+        Returns logits (B, T, vocab); with only, a (B, T) bool, the logits of those positions alone,
+        (N, vocab) in row-major order: in a small model the output layer (T x n_embd x vocab) costs more
+        than the blocks, and SFT and scoring read the completion's positions only."""
         B, T = idx.shape
         past = cache[0].length if cache is not None else 0
         if past + T > self.config.block_size:
@@ -198,7 +200,8 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, allowed, None if cache is None else cache[i])
-        return self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        x = self.ln_f(x)
+        return self.lm_head(x if only is None else x[only])  # (B, T, vocab) or (N, vocab)
 
     def new_cache(self, B, max_len):
         """One LayerCache per block, in the dtype the keys and values are computed in: under autocast
@@ -222,10 +225,11 @@ def span_logprobs(model, ids, attn_mask, span_mask, temperature=1.0, allowed_ids
 
     ids, attn_mask, span_mask: (B, T). The span is the completion (y for the FWM, z for the IDM);
     its first token must come after at least one prompt token. Returns (B, T) float32.
-    Only the span positions go through log_softmax, so the cost is (tokens in span) x vocab."""
-    logits = model(ids, attn_mask)[:, :-1]  # (B, T-1, V): position t-1 predicts token t
-    target = span_mask[:, 1:].bool()  # (B, T-1)
-    picked = masked_logits(logits[target].float() / temperature, allowed_ids)  # (N, V)
+    Only the span positions go through the output layer and log_softmax: the cost is (tokens in span) x vocab."""
+    target = span_mask[:, 1:].bool()  # (B, T-1): position t-1 predicts token t
+    before = F.pad(target, (0, 1))  # (B, T): the positions whose logits predict a span token
+    logits = model(ids, attn_mask, only=before)  # (N, V), in the order of ids[:, 1:][target]
+    picked = masked_logits(logits.float() / temperature, allowed_ids)  # (N, V)
     logp = F.log_softmax(picked, dim=-1).gather(1, ids[:, 1:][target].unsqueeze(1)).squeeze(1)  # (N,)
     out = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
     out[:, 1:][target] = logp

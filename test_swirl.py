@@ -494,6 +494,38 @@ def test_two_cell_actions_by_hand():
         GridWorld(patrol=1.5)
 
 
+from toy_envs.kitchen import Kitchen, KitchenState, all_actions, effective_actions, make_kitchen_episodes  # noqa: E402
+from toy_envs.kitchen import parse as parse_kitchen  # noqa: E402
+from toy_envs.kitchen import render as render_kitchen  # noqa: E402
+
+
+def test_kitchen_by_hand():
+    s = KitchenState(where=("table", "table", "cupboard", "fridge", "fridge", "table"), open=(False, True))
+    assert render_kitchen(s) == ("the fridge is closed. in it: egg, milk.\nthe cupboard is open. in it: cup.\n"
+                                 "on the table: apple, bread, plate.\nyou hold nothing.")
+    moves = dict(effective_actions(s))  # the egg and the milk are in the closed fridge: out of reach
+    assert set(moves) == {"open fridge", "close cupboard", "take apple", "take bread", "take cup", "take plate"}
+    held = moves["take cup"]
+    assert render_kitchen(held).endswith("in it: nothing.\non the table: apple, bread, plate.\nyou hold cup.")
+    assert set(dict(effective_actions(held))) == {"open fridge", "close cupboard", "put cup in cupboard",
+                                                  "put cup on table"}  # one object in hand; not in the fridge
+    assert render_kitchen(dict(effective_actions(held))["put cup on table"]).endswith(
+        "on the table: apple, bread, cup, plate.\nyou hold nothing.")
+    assert len(all_actions()) == len(set(all_actions())) == 28
+
+
+def test_kitchen_episodes_follow_the_rules_and_one_action_explains_each_step():
+    states, actions = make_kitchen_episodes(Kitchen(), 30, seed=1)
+    assert (states, actions) == make_kitchen_episodes(Kitchen(), 30, seed=1)
+    assert states != make_kitchen_episodes(Kitchen(), 30, seed=2)[0]
+    for ep_states, ep_actions in zip(states, actions):
+        for x, a, y in zip(ep_states, ep_actions, ep_states[1:]):
+            assert render_kitchen(parse_kitchen(x)) == x and a in all_actions()
+            nexts = [render_kitchen(n) for _, n in effective_actions(parse_kitchen(x))]
+            assert x not in nexts and len(set(nexts)) == len(nexts)  # every action changes x, each differently
+            assert [b for b, n in effective_actions(parse_kitchen(x)) if render_kitchen(n) == y] == [a]
+
+
 # ----------------------------------------------------------------------------------------------------
 # swirl.py
 
@@ -973,18 +1005,23 @@ def test_scienceworld_unknown_task_is_a_clear_error(tmp_path):
         prepare.prepare(cfg, FakeScienceWorld())
 
 
-def test_gridworld_as_jsonl(tmp_path):
-    spec = importlib.util.spec_from_file_location("grid_prepare", os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "data", "gridworld", "prepare.py"))
-    grid = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(grid)
-    cfg = grid.GridPrep(out=str(tmp_path), labelled_episodes=3, unlabelled_episodes=5, test_episodes=2)
-    assert grid.prepare(cfg) == (8, 2)
+@pytest.mark.parametrize("world", ["gridworld", "kitchen"])
+def test_simulated_worlds_as_jsonl(tmp_path, world):
+    spec = importlib.util.spec_from_file_location(f"{world}_prepare", os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "data", world, "prepare.py"))
+    prep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    options = prep.GridPrep if world == "gridworld" else prep.KitchenPrep
+    cfg = options(out=str(tmp_path), labelled_episodes=3, unlabelled_episodes=5, test_episodes=2)
+    assert prep.prepare(cfg) == (8, 2)
     train, test = (data.load_episodes(str(tmp_path / f)) for f in ("train.jsonl.gz", "test.jsonl.gz"))
     labelled, unlabelled = data.labelled_and_unlabelled(data.transitions(train))
     assert (len(labelled), len(unlabelled)) == (3 * 8, 5 * 8) and all(a for e in test for a in e.actions)
-    states, actions = make_episodes(GridWorld(4, 3, 1, 8), 10, seed=0)  # the toy's world, the same stream
-    assert [e.states for e in train + test] == states and train[0].actions == actions[0]
+    # the world's own episodes, the same stream: the toy's 4x4 grid, or the kitchen
+    states, actions = (make_episodes(GridWorld(4, 3, 1, 8), 10, seed=0) if world == "gridworld"
+                       else make_kitchen_episodes(Kitchen(), 10, seed=0))
+    assert [e.states for e in train + test] == states
+    assert train[0].actions == actions[0] and train[3].actions == [None] * 8 and test[1].actions == actions[9]
 
 
 def test_shipped_snapshot_loads_and_validates():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from common import parse_options  # noqa: E402
-from data import Episode, write_episodes  # noqa: E402
+from data import write_splits  # noqa: E402
 from toy_envs import GridWorld, make_episodes  # noqa: E402
 
 
@@ -38,14 +38,9 @@ class GridPrep:
 def prepare(cfg):
     """Write cfg.out/train.jsonl.gz (labelled, then unlabelled episodes) and cfg.out/test.jsonl.gz."""
     world = GridWorld(cfg.size, cfg.n_walls, cfg.n_boxes, cfg.episode_len)
-    n_train = cfg.labelled_episodes + cfg.unlabelled_episodes
-    states, actions = make_episodes(world, n_train + cfg.test_episodes, seed=cfg.seed)
-    train = [Episode(s, a if i < cfg.labelled_episodes else [None] * len(a))
-             for i, (s, a) in enumerate(zip(states[:n_train], actions[:n_train]))]
-    test = [Episode(s, a) for s, a in zip(states[n_train:], actions[n_train:])]
-    write_episodes(os.path.join(cfg.out, "train.jsonl.gz"), train)
-    write_episodes(os.path.join(cfg.out, "test.jsonl.gz"), test)
-    return len(train), len(test)
+    n = cfg.labelled_episodes + cfg.unlabelled_episodes + cfg.test_episodes
+    states, actions = make_episodes(world, n, seed=cfg.seed)
+    return write_splits(cfg.out, states, actions, cfg.labelled_episodes, cfg.unlabelled_episodes)
 
 
 if __name__ == "__main__":
