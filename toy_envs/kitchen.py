@@ -49,7 +49,7 @@ def render(s):
 
 
 def parse(text):
-    """The inverse of render (for tests and for reading a model's output)."""
+    """The inverse of render (the tests read episodes back with it)."""
     lines = text.split("\n")
     where = {}
     for place, line in zip(PLACES + ("hand",), lines):
@@ -57,6 +57,11 @@ def parse(text):
             if o != "nothing":
                 where[o] = place
     return KitchenState(tuple(where[o] for o in OBJECTS), tuple(" is open." in line for line in lines[:2]))
+
+
+def put_action(obj, place):
+    """The sentence that puts obj in (or on) place: "put egg in fridge", "put cup on table"."""
+    return f"put {obj} {'on' if place == 'table' else 'in'} {place}"
 
 
 def reachable(s, place):
@@ -76,15 +81,14 @@ def effective_actions(s):
         if held == [i]:
             for place in PLACES:
                 if reachable(s, place):
-                    action = f"put {o} {'on' if place == 'table' else 'in'} {place}"
-                    out.append((action, KitchenState(s.where[:i] + (place,) + s.where[i + 1 :], s.open)))
+                    out.append((put_action(o, place), KitchenState(s.where[:i] + (place,) + s.where[i + 1 :], s.open)))
     return out
 
 
 def all_actions():
     """The 28 action sentences of the world."""
     verbs = [f"{v} {c}" for c in CONTAINERS for v in ("open", "close")] + [f"take {o}" for o in OBJECTS]
-    return verbs + [f"put {o} {'on' if p == 'table' else 'in'} {p}" for o in OBJECTS for p in PLACES]
+    return verbs + [put_action(o, p) for o in OBJECTS for p in PLACES]
 
 
 @dataclass
