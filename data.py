@@ -13,8 +13,10 @@ grpo.py can stay generic and swirl.py can read like the paper.
   2. The prompt layouts of the two roles, in one place (see `fwm_prompt`, `idm_prompt`):
          FWM  P(y | x, z):  <|action|> z <|state|> x <|next|>   ->   y <|end|>
          IDM  Q(z | x, y):  <|state|> x <|next|> y <|action|>   ->   z <|end|>
-     The FWM reads the action first so that y starts at the same distance after x whatever z's
-     length: copying the unchanged part of x into y is then one fixed-offset attention pattern.
+     The FWM reads the action first so that y's i-th token sits len(x) + 1 tokens after x's i-th
+     whatever z's length. With a state slot (the text presets) x is padded with <|pad|> to the longest
+     training state, in both layouts, and that distance is the same for every transition: copying the
+     unchanged part of x into y (FWM), or comparing y with x (IDM), is one fixed-offset attention pattern.
      With shared weights (one model, two roles) the prompt starts with <|fwm|> or <|idm|>.
   3. The Codec: the two roles' prompts fitted into the context, with their logit masks and longest
      outputs, so that a transition becomes token lists in one place; `collate` turns those into the
@@ -248,21 +250,46 @@ def gpt2_ranks(vocab_path, merges_path):
 # Prompt layouts: the only place that knows how the two roles see a transition
 
 
-def fwm_prompt(tok, x, z, shared=False):
+def fwm_prompt(tok, x, z, shared=False, slot=0):
     """Prompt of the forward model P(y | x, z); its completion is y.
 
     z comes before x. With x first, y's i-th token sits len(x) + len(z) + 2 tokens after x's i-th, a
     distance that changes with the action ("up" is 2 bytes, "right" 5), and the toy's small FWM had to
     learn to copy at each distance: with z first it copied far better after SFT (NOTES.md, "The FWM reads
-    the action first")."""
+    the action first"). slot > 0: x in a slot of that many tokens (see in_slot), so the distance is slot + 1."""
     role = [tok.fwm_id] if shared else []
-    return role + [tok.action_id] + tok.encode(z) + [tok.state_id] + tok.encode(x) + [tok.next_id]
+    return role + [tok.action_id] + tok.encode(z) + [tok.state_id] + in_slot(tok, x, slot) + [tok.next_id]
 
 
-def idm_prompt(tok, x, y, shared=False):
-    """Prompt of the inverse model Q(z | x, y); its completion is z."""
+def idm_prompt(tok, x, y, shared=False, slot=0):
+    """Prompt of the inverse model Q(z | x, y); its completion is z. slot > 0: x in a slot (see in_slot),
+    so that y's i-th token always sits slot + 1 tokens after x's i-th, the token it is compared with."""
     role = [tok.idm_id] if shared else []
-    return role + [tok.state_id] + tok.encode(x) + [tok.next_id] + tok.encode(y) + [tok.action_id]
+    return role + [tok.state_id] + in_slot(tok, x, slot) + [tok.next_id] + tok.encode(y) + [tok.action_id]
+
+
+def in_slot(tok, text, slot):
+    """text's tokens padded with <|pad|> up to slot tokens (a longer text is kept whole, its distance off).
+
+    Why: a small GPT from scratch copies by position far sooner than by content. With ScienceWorld states of
+    80 to 364 tokens, the distance from x's i-th token to y's i-th changes with every x, and a 2-layer FWM
+    never learned to copy within a CPU budget; in a slot it is one distance, and the FWM copied x whole after
+    500 pretraining steps (NOTES.md, "A state slot"). The pads are ordinary tokens to the model (attention
+    sees them; they are never a target); the slot costs their length in every prompt."""
+    ids = tok.encode(text)
+    return ids + [tok.pad_id] * (slot - len(ids))
+
+
+def renamed(x, y, words, p, rng):
+    """(x, y) with one random renaming of their words: each distinct whitespace-separated word of the pair
+    becomes, with probability p, a word drawn from `words`, the same one wherever it occurs in x and in y.
+    Layout (lines, spaces) is kept. A renamed pair is a real transition (the same changes, the same layout)
+    that cannot be learned by heart: pretraining on such pairs makes the FWM copy x (swirl.pretrain_fwm)."""
+    names = {}
+    for w in sorted(set(x.split()) | set(y.split())):  # sorted: the same draws in every process
+        names[w] = rng.choice(words) if rng.random() < p else w
+    rename = lambda text: re.sub(r"\S+", lambda m: names[m.group()], text)
+    return rename(x), rename(y)
 
 
 def completion(tok, text):
@@ -339,16 +366,17 @@ class Codec:
     known_actions: frozenset = frozenset()  # the labelled actions (reward-hacking stats only)
     shared: bool = False  # one model for both roles: prompts start with the role's token
     truncate: bool = False  # cut the start of x instead of raising when a transition does not fit
+    state_slot: int = 0  # > 0: x is padded to this many tokens in both prompts (see in_slot); 0: no slot
 
     def fwm_example(self, x, z, y=None, source="?"):
         """(prompt, target) for P(y | x, z). With y None (generation) the target is [] and the prompt
         must leave room for the longest state the FWM may write."""
-        prompt = fwm_prompt(self.tok, x, z, self.shared)
+        prompt = fwm_prompt(self.tok, x, z, self.shared, self.state_slot)
         return self._fit(prompt, completion(self.tok, y) if y is not None else None, self.max_state_tokens, source)
 
     def idm_example(self, x, y, z=None, source="?"):
         """(prompt, target) for Q(z | x, y); target [] when z is None (generation)."""
-        prompt = idm_prompt(self.tok, x, y, self.shared)
+        prompt = idm_prompt(self.tok, x, y, self.shared, self.state_slot)
         return self._fit(prompt, completion(self.tok, z) if z is not None else None, self.max_action_tokens, source)
 
     def _fit(self, prompt, target, room, source):
@@ -364,23 +392,26 @@ class Codec:
 
 
 def make_codec(tok, block_size, labelled, unlabelled, shared=False, truncate=False, closed_world=False,
-               vocab_size=None):
+               vocab_size=None, state_slot=False):
     """Logit masks and lengths from the training data: states from every pair, actions from the labels.
     Text may hold words no training state had, so each role may write any text (Tokenizer.text_ids);
     closed_world=True (the toy) keeps each role to the tokens its training outputs use, the analogue of
-    the paper's masks that keep image tokens and text tokens apart. vocab_size: the model's rows."""
+    the paper's masks that keep image tokens and text tokens apart. vocab_size: the model's rows.
+    state_slot=True: x sits in a slot as long as the longest training state (see in_slot)."""
     states = {t.x for t in labelled + unlabelled} | {t.y for t in labelled + unlabelled}
     actions = {t.action for t in labelled}
+    longest_state = max(len(tok.encode(s)) for s in states)
     return Codec(
         tok=tok,
         block_size=block_size,
         state_ids=tok.seen_ids(states, vocab_size) if closed_world else tok.text_ids(vocab_size),
         action_ids=tok.seen_ids(actions, vocab_size) if closed_world else tok.text_ids(vocab_size),
-        max_state_tokens=max(len(tok.encode(s)) for s in states) + 1,
+        max_state_tokens=longest_state + 1,
         max_action_tokens=max(len(tok.encode(a)) for a in actions) + 1,
         known_actions=frozenset(actions),
         shared=shared,
         truncate=truncate,
+        state_slot=longest_state if state_slot else 0,
     )
 
 

@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from common import all_reduce_grads, format_row, format_samples, format_stats, rank_and_processes
-from data import collate, completion, with_action
+from data import collate, completion, renamed, with_action
 from grpo import GRPOConfig, grpo_step
 from model import copy_model, generate, span_logprobs
 
@@ -59,6 +59,7 @@ class SwirlConfig:
     sft_eval_every: int = 250  # steps between checks on the held-out labelled split
     sft_patience: int = 4  # checks without improvement before early stopping
     pretrain_steps: int = 0  # state-only pretraining of the FWM before SFT (see pretrain_fwm); 0: none
+    pretrain_rename: float = 0.0  # pretrain_fwm renames each word of a pair with this probability (data.renamed)
     finetune_lr: float = 3e-4  # SFT's peak lr for a pretrained model (fine-tuning, not learning from scratch)
     # SWIRL iterations
     iterations: int = 2
@@ -385,10 +386,18 @@ def pretrain_fwm(fwm, codec, labelled, pairs, cfg, rng):
     FWM learns to copy the state and that the action word says nothing (SFT then teaches what it says). A
     placeholder word such as "?" would not do: it shifts x to other positions than real action words do,
     and the small FWM's copying is tied to positions, so SFT on real actions would have to learn it again
-    (NOTES.md, "How the FWM is pretrained matters")."""
+    (NOTES.md, "How the FWM is pretrained matters").
+    cfg.pretrain_rename > 0 (the text presets): each example is the pair with its words renamed at random
+    (data.renamed), a new renaming each time. A few hundred real states are learned by heart before a small
+    model learns to copy, and then it recites the rooms it knows instead of the one in x; renamed pairs
+    cannot be recited (NOTES.md, "A state slot")."""
     words = [t.action for t in labelled]
-    examples = [codec.fwm_example(t.x, rng.choice(words), t.y, t.source) for t in pairs
-                for _ in range(PRETRAIN_WORDS_PER_PAIR)]
+    vocab = sorted({w for t in pairs for s in (t.x, t.y) for w in s.split()}) if cfg.pretrain_rename else []
+    examples = []
+    for t in pairs:
+        for _ in range(PRETRAIN_WORDS_PER_PAIR):
+            x, y = renamed(t.x, t.y, vocab, cfg.pretrain_rename, rng) if cfg.pretrain_rename else (t.x, t.y)
+            examples.append(codec.fwm_example(x, rng.choice(words), y, t.source))
     sft(fwm, examples, None, cfg, rng, steps=cfg.pretrain_steps, desc="pretrain FWM")
 
 

@@ -5,6 +5,7 @@ value). Run with `python -m pytest -q test_swirl.py`. Every test uses tiny sizes
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -342,6 +343,21 @@ def test_layouts_and_collate_masks():
     ids, attn, span = data.collate([p, q], [c, c], pad_id=tok.pad_id)
     assert attn[0].tolist() == [0] * (len(q) - len(p)) + [1] * (len(p) + 2)
     assert span.sum(1).tolist() == [2, 2] and ids[0, -2:].tolist() == c
+
+
+def test_state_slot_puts_every_y_at_one_distance_from_its_x():
+    """In a slot, x is padded to slot tokens: y's i-th token sits slot + 1 tokens after x's i-th whatever
+    x's length (FWM: y is the completion; IDM: y follows <|next|>); a longer x is kept whole."""
+    tok = data.byte_tokenizer()
+    for x in ("AB", "ABCDE"):
+        p = data.fwm_prompt(tok, x, "up", slot=6)
+        x_start = p.index(tok.state_id) + 1
+        assert p[x_start : x_start + len(x)] == list(x.encode()) and len(p) - x_start == 6 + 1
+        q = data.idm_prompt(tok, x, "CD", slot=6)
+        x_start, y_start = q.index(tok.state_id) + 1, q.index(tok.next_id) + 1
+        assert y_start - x_start == 6 + 1 and set(q[x_start + len(x) : y_start - 1]) <= {tok.pad_id}
+    assert data.fwm_prompt(tok, "ABCDEFGH", "up", slot=6) == data.fwm_prompt(tok, "ABCDEFGH", "up")
+    assert data.idm_prompt(tok, "AB", "CD", slot=0) == data.idm_prompt(tok, "AB", "CD")
 
 
 def write_lines(path, lines):
@@ -812,6 +828,39 @@ def test_pretraining_corpus_of_its_own(monkeypatch):
     assert seen == [corpus, unl]
 
 
+def test_renamed_pairs_rename_alike_and_keep_the_layout():
+    x, y = "a red door.\n\ta table", "a red door.\n\tthe table"
+    words = ["cat", "dog", "owl"]
+    assert data.renamed(x, y, words, 0.0, random.Random(0)) == (x, y)
+    rx, ry = data.renamed(x, y, words, 1.0, random.Random(0))
+    assert re.sub(r"\S+", "w", rx) == re.sub(r"\S+", "w", x) and re.sub(r"\S+", "w", ry) == re.sub(r"\S+", "w", y)
+    assert set(rx.split()) | set(ry.split()) <= set(words)
+    xw, yw, rxw, ryw = x.split(), y.split(), rx.split(), ry.split()
+    names = dict(zip(xw, rxw))
+    assert all(names.get(w, r) == r for w, r in zip(yw, ryw))  # one renaming for both states
+    assert data.renamed(x, y, words, 0.5, random.Random(3)) == data.renamed(x, y, words, 0.5, random.Random(3))
+
+
+def test_pretraining_on_renamed_pairs(monkeypatch):
+    """pretrain_rename > 0: every pretraining example is its pair renamed (a new renaming each), with words
+    drawn from the pairs' own states, at the configured probability."""
+    _, scfg, codec, new, lab, val, unl, _ = tiny_toy(pretrain_steps=1, pretrain_rename=0.5)
+    calls = spy_sft(monkeypatch)
+    seen = []
+
+    def fake_renamed(x, y, words, p, rng):
+        seen.append((x, y, p, set(words)))
+        return x.lower(), y.lower()
+
+    monkeypatch.setattr(swirl, "renamed", fake_renamed)
+    swirl.pretrain_fwm(new(), codec, lab, unl, scfg, random.Random(0))
+    ((_, examples, _, _),) = calls
+    pairs = [t for t in unl for _ in range(swirl.PRETRAIN_WORDS_PER_PAIR)]
+    assert [(x, y) for x, y, _, _ in seen] == [(t.x, t.y) for t in pairs]
+    assert {p for *_, p, _ in seen} == {0.5} and seen[0][3] == {w for t in unl for s in (t.x, t.y) for w in s.split()}
+    assert [target for _, target in examples] == [data.completion(codec.tok, t.y.lower()) for t in pairs]
+
+
 def test_pretrained_fwm_is_fine_tuned_gently_everywhere(monkeypatch):
     _, scfg, codec, new, lab, val, unl, test = tiny_toy(pretrain_steps=2, finetune_lr=1e-4, confidence=0.0)
     calls = spy_sft(monkeypatch)
@@ -1085,6 +1134,21 @@ def test_every_held_out_state_and_action_can_be_written():
         assert all(bool(allowed[tok.encode(s)].all()) for s in texts)
     assert not codec.state_ids[[tok.state_id, tok.next_id, tok.pad_id, tok.fwm_id, tok.idm_id]].any()
     assert codec.state_ids[tok.end_id] and codec.action_ids[tok.end_id]
+
+
+def test_state_slot_of_the_shipped_snapshot_fits():
+    """--state_slot=true: the slot is the longest training state, and every held-out transition still fits
+    in the default context (the IDM's x in its slot, then y, then the action)."""
+    cfg, scfg = train_llm.configure(["--state_slot=true"])
+    labelled, val, unlabelled, test = train_llm.load_data(cfg)
+    tok = train_llm.make_tokenizer(cfg, labelled + val + unlabelled)
+    codec = data.make_codec(tok, cfg.block_size, labelled, unlabelled, state_slot=cfg.state_slot)
+    longest = max(len(tok.encode(s)) for t in labelled + unlabelled for s in (t.x, t.y))
+    assert codec.state_slot == codec.max_state_tokens - 1 == longest
+    for t in test:
+        prompt, target = codec.fwm_example(t.x, t.action, t.y)
+        assert target == data.completion(tok, t.y) and len(prompt) == len(tok.encode(t.action)) + codec.state_slot + 3
+        assert codec.idm_example(t.x, t.y, t.action)[1] == data.completion(tok, t.action)
 
 
 def test_copy_baseline_hand_computed():

@@ -61,6 +61,7 @@ class LLMConfig:
     n_embd: int = 512
     block_size: int = 1024  # must hold the IDM's prompt (two states) plus an action; see data.check_fits
     dropout: float = 0.0
+    state_slot: bool = False  # x padded to the longest training state in both prompts (data.in_slot)
     # the machine
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: str = "auto"  # "auto": bfloat16 autocast on a GPU that has it, else float32
@@ -80,9 +81,12 @@ class LLMConfig:
 # default), temperature 0.7, top-p 0.96, a cosine rate with 25 warm-up steps, and the authors' filter (mean
 # token log-prob of the IDM's action >= -2). The GPU preset also takes G = 16, a rate of 5e-5 and one pass
 # over the unlabelled pairs per phase; the CPU preset keeps a small G and a few steps, to run on a CPU.
-# Two settings are not the paper's (README, "The paper and this code"):
+# Settings that are not the paper's (README, "The paper and this code"):
 #   - the FWM from scratch is first pretrained on the unlabelled pairs, the action unknown (swirl.pretrain_fwm):
 #     it stands in for a pretrained LLM's ability to copy a state;
+#   - (CPU preset) that pretraining renames the pairs' words at random (data.renamed) and x sits in a slot of
+#     fixed length (data.in_slot): without both, its small FWM learned the training states by heart and never
+#     copied a held-out one (NOTES.md, "A state slot");
 #   - Dr. GRPO advantages (r - mean, no division by the group's std, scale_rewards=False): the rewards are
 #     mean log-likelihoods of long states that differ by hundredths of a nat within a group, and dividing by
 #     that std pushes their noise at full size (NOTES.md, "The toy's world through the text path").
@@ -91,10 +95,10 @@ NOT_PAPER = dict(scale_rewards=False)
 PRESETS = {
     "gpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=2000, sft_lr=6e-4, sft_batch=32, sft_max_steps=5000,
                 sft_eval_every=250, steps_per_phase=0, prompts_per_step=8, group_size=16, lr=5e-5, micro_batch=64),
-    "cpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=500, n_layer=2, n_head=4, n_embd=128, device="cpu",
-                dtype="float32", max_eval=48, sft_lr=3e-3, sft_batch=16, sft_max_steps=250, sft_eval_every=50,
-                sft_patience=2, iterations=1, lr_warmup=0, steps_per_phase=6, prompts_per_step=4, group_size=4,
-                best_of="2"),
+    "cpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=500, pretrain_rename=0.5, state_slot=True, n_layer=2,
+                n_head=4, n_embd=128, device="cpu", dtype="float32", max_eval=48, sft_lr=3e-3, sft_batch=16,
+                sft_max_steps=250, sft_eval_every=50, sft_patience=2, iterations=1, lr_warmup=0, steps_per_phase=6,
+                prompts_per_step=4, group_size=4, best_of="2"),
 }
 
 METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_bleu", "fwm_rougeL"]
@@ -433,7 +437,7 @@ def main(argv):
     tok = make_tokenizer(cfg, labelled + val + unlabelled, folder)
     new_model, mcfg, n_params = model_factory(cfg, tok, device, folder)
     codec = make_codec(tok, mcfg.block_size, labelled, unlabelled, scfg.shared, scfg.truncate,
-                       vocab_size=mcfg.vocab_size).to(device)
+                       vocab_size=mcfg.vocab_size, state_slot=cfg.state_slot).to(device)
     config = config_dict(cfg, scfg)
     log(f"{len(labelled)} labelled, {len(val)} val, {len(unlabelled)} unlabelled, {len(test)} test transitions; "
         f"{tok.vocab_size} tokens; models of {n_params:,} parameters "
