@@ -273,8 +273,8 @@ def in_slot(tok, text, slot):
 
     Why: a small GPT from scratch copies by position far sooner than by content. With ScienceWorld states of
     80 to 364 tokens, the distance from x's i-th token to y's i-th changes with every x, and a 2-layer FWM
-    never learned to copy within a CPU budget; in a slot it is one distance, and the FWM copied x whole after
-    500 pretraining steps (NOTES.md, "A state slot"). The pads are ordinary tokens to the model (attention
+    never learned to copy within a CPU budget; in a slot it is one distance, and after 500 pretraining steps
+    (on renamed pairs) two of five held-out predictions were x exactly (NOTES.md, "A state slot"). The pads are ordinary tokens to the model (attention
     sees them; they are never a target); the slot costs their length in every prompt."""
     ids = tok.encode(text)
     return ids + [tok.pad_id] * (slot - len(ids))
