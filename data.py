@@ -272,10 +272,11 @@ def in_slot(tok, text, slot):
     """text's tokens padded with <|pad|> up to slot tokens (a longer text is kept whole, its distance off).
 
     Why: a small GPT from scratch copies by position far sooner than by content. With ScienceWorld states of
-    80 to 364 tokens, the distance from x's i-th token to y's i-th changes with every x, and a 2-layer FWM
+    95 to 364 tokens, the distance from x's i-th token to y's i-th changes with every x, and a 2-layer FWM
     never learned to copy within a CPU budget; in a slot it is one distance, and after 500 pretraining steps
-    (on renamed pairs) two of five held-out predictions were x exactly (NOTES.md, "A state slot"). The pads are ordinary tokens to the model (attention
-    sees them; they are never a target); the slot costs their length in every prompt."""
+    (on renamed pairs) two of five held-out predictions were x exactly (NOTES.md, "A state slot"). The pads
+    are ordinary tokens to the model (attention sees them; they are never a target); the slot costs their
+    length in every prompt."""
     ids = tok.encode(text)
     return ids + [tok.pad_id] * (slot - len(ids))
 
