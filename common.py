@@ -51,7 +51,12 @@ def convert(value, typ, key):
         sys.exit(f"bad value for --{key}: {value!r} is not a {typ.__name__}")
     if typ is int and converted < 0:  # every int option is a count, a size or a period
         sys.exit(f"bad value for --{key}: {value!r}; it counts something, so it must be 0 or more")
+    if key in PROBABILITIES and not 0.0 <= converted <= 1.0:
+        sys.exit(f"bad value for --{key}: {value!r}; it is a probability, so it must be between 0 and 1")
     return converted
+
+
+PROBABILITIES = {"confidence", "top_p", "pretrain_rename"}  # options that are probabilities
 
 
 def config_dict(*configs):

@@ -899,6 +899,8 @@ def test_parse_options_rejects_unknown_and_converts():
     assert (scfg.phase_eval_every, scfg.reward_floor) == (0, -5.0)
     with pytest.raises(SystemExit, match="--key=value"):
         common.parse_options(["seeds"], cfg)
+    with pytest.raises(SystemExit, match="--pretrain_rename: '1.5'; it is a probability"):
+        common.parse_options(["--pretrain_rename=1.5"], scfg)
     with pytest.raises(SystemExit, match="error: patrol=2.0: it is a probability"):
         train_toy.main(["--patrol=2"])  # a bad world option: one line, before any training
 
