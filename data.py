@@ -14,7 +14,7 @@ grpo.py can stay generic and swirl.py can read like the paper.
          FWM  P(y | x, z):  <|action|> z <|state|> x <|next|>   ->   y <|end|>
          IDM  Q(z | x, y):  <|state|> x <|next|> y <|action|>   ->   z <|end|>
      The FWM reads the action first so that y's i-th token sits len(x) + 1 tokens after x's i-th
-     whatever z's length. With a state slot (the text presets) x is padded with <|pad|> to the longest
+     whatever z's length. With a state slot (the CPU preset) x is padded with <|pad|> to the longest
      training state, in both layouts, and that distance is the same for every transition: copying the
      unchanged part of x into y (FWM), or comparing y with x (IDM), is one fixed-offset attention pattern.
      With shared weights (one model, two roles) the prompt starts with <|fwm|> or <|idm|>.

@@ -387,10 +387,10 @@ def pretrain_fwm(fwm, codec, labelled, pairs, cfg, rng):
     placeholder word such as "?" would not do: it shifts x to other positions than real action words do,
     and the small FWM's copying is tied to positions, so SFT on real actions would have to learn it again
     (NOTES.md, "How the FWM is pretrained matters").
-    cfg.pretrain_rename > 0 (the text presets): each example is the pair with its words renamed at random
-    (data.renamed), a new renaming each time. A few hundred real states are learned by heart before a small
-    model learns to copy, and then it recites the rooms it knows instead of the one in x; renamed pairs
-    cannot be recited (NOTES.md, "A state slot")."""
+    cfg.pretrain_rename > 0 (the CPU preset): each of a pair's examples has its words renamed at random
+    (data.renamed), its own renaming, drawn once here. A few hundred real states are learned by heart
+    before a small model learns to copy, and then it recites the rooms it knows instead of the one in x;
+    renamed pairs cannot be recited (NOTES.md, "A state slot")."""
     words = [t.action for t in labelled]
     vocab = sorted({w for t in pairs for s in (t.x, t.y) for w in s.split()}) if cfg.pretrain_rename else []
     examples = []
