@@ -56,7 +56,7 @@ def convert(value, typ, key):
     return converted
 
 
-PROBABILITIES = {"confidence", "top_p", "pretrain_rename"}  # options that are probabilities
+PROBABILITIES = {"confidence", "top_p", "rename"}  # options that are probabilities
 
 
 def config_dict(*configs):

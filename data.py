@@ -281,16 +281,16 @@ def in_slot(tok, text, slot):
     return ids + [tok.pad_id] * (slot - len(ids))
 
 
-def renamed(x, y, words, p, rng):
-    """(x, y) with one random renaming of their words: each distinct whitespace-separated word of the pair
-    becomes, with probability p, a word drawn from `words`, the same one wherever it occurs in x and in y.
-    Layout (lines, spaces) is kept. A renamed pair is a real transition (the same changes, the same layout)
-    that cannot be learned by heart: pretraining on such pairs makes the FWM copy x (swirl.pretrain_fwm)."""
+def renamed(texts, words, p, rng):
+    """texts (a pair's x and y, or a triple's x, y and action) with one random renaming of their words: each
+    distinct whitespace-separated word becomes, with probability p, a word drawn from `words`, the same one
+    wherever it occurs in any of the texts. Layout (lines, spaces) is kept. A renamed transition is a real
+    one (the same changes, the same layout) that cannot be learned by heart: training on such transitions
+    makes the FWM copy x (swirl.pretrain_fwm, swirl.renamed_copies)."""
     names = {}
-    for w in sorted(set(x.split()) | set(y.split())):  # sorted: the same draws in every process
+    for w in sorted({w for text in texts for w in text.split()}):  # sorted: the same draws in every process
         names[w] = rng.choice(words) if rng.random() < p else w
-    rename = lambda text: re.sub(r"\S+", lambda m: names[m.group()], text)
-    return rename(x), rename(y)
+    return tuple(re.sub(r"\S+", lambda m: names[m.group()], text) for text in texts)
 
 
 def completion(tok, text):

@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from common import all_reduce_grads, format_row, format_samples, format_stats, rank_and_processes
-from data import collate, completion, renamed, with_action
+from data import Transition, collate, completion, renamed, with_action
 from grpo import GRPOConfig, grpo_step
 from model import copy_model, generate, span_logprobs
 
@@ -59,7 +59,8 @@ class SwirlConfig:
     sft_eval_every: int = 250  # steps between checks on the held-out labelled split
     sft_patience: int = 4  # checks without improvement before early stopping
     pretrain_steps: int = 0  # state-only pretraining of the FWM before SFT (see pretrain_fwm); 0: none
-    pretrain_rename: float = 0.0  # pretrain_fwm renames each word of a pair with this probability (data.renamed)
+    rename: float = 0.0  # renamed transitions (data.renamed): each word renamed with this probability, in every
+    # pretraining pair (pretrain_fwm) and in one more copy of each of the FWM's SFT triples (renamed_copies)
     finetune_lr: float = 3e-4  # SFT's peak lr for a pretrained model (fine-tuning, not learning from scratch)
     # SWIRL iterations
     iterations: int = 2
@@ -387,16 +388,16 @@ def pretrain_fwm(fwm, codec, labelled, pairs, cfg, rng):
     placeholder word such as "?" would not do: it shifts x to other positions than real action words do,
     and the small FWM's copying is tied to positions, so SFT on real actions would have to learn it again
     (NOTES.md, "How the FWM is pretrained matters").
-    cfg.pretrain_rename > 0 (the CPU preset): each of a pair's examples has its words renamed at random
+    cfg.rename > 0 (the CPU preset): each of a pair's examples has its words renamed at random
     (data.renamed), its own renaming, drawn once here. A few hundred real states are learned by heart
     before a small model learns to copy, and then it recites the rooms it knows instead of the one in x;
     renamed pairs cannot be recited (NOTES.md, "A state slot")."""
     words = [t.action for t in labelled]
-    vocab = sorted({w for t in pairs for s in (t.x, t.y) for w in s.split()}) if cfg.pretrain_rename else []
+    vocab = sorted({w for t in pairs for s in (t.x, t.y) for w in s.split()}) if cfg.rename else []
     examples = []
     for t in pairs:
         for _ in range(PRETRAIN_WORDS_PER_PAIR):
-            x, y = renamed(t.x, t.y, vocab, cfg.pretrain_rename, rng) if cfg.pretrain_rename else (t.x, t.y)
+            x, y = renamed((t.x, t.y), vocab, cfg.rename, rng) if cfg.rename else (t.x, t.y)
             examples.append(codec.fwm_example(x, rng.choice(words), y, t.source))
     sft(fwm, examples, None, cfg, rng, steps=cfg.pretrain_steps, desc="pretrain FWM")
 
@@ -406,7 +407,8 @@ def warm_start(fwm, idm, codec, labelled, val, cfg, rng, steps=None, desc="sft")
     tokens given (x, y). With shared weights one model learns both. A pretrained FWM (or shared model) is
     fine-tuned at cfg.finetune_lr, as pretrained models are; sft_lr is the rate for learning from scratch.
     Returns (update steps taken, {role: optimiser}) (the optimisers go into checkpoints)."""
-    fwm_ex = [codec.fwm_example(t.x, t.action, t.y, t.source) for t in labelled]
+    fwm_data = labelled + renamed_copies(labelled, cfg.rename, rng) if cfg.rename else labelled
+    fwm_ex = [codec.fwm_example(t.x, t.action, t.y, t.source) for t in fwm_data]
     idm_ex = [codec.idm_example(t.x, t.y, t.action, t.source) for t in labelled]
     fwm_cfg = replace(cfg, sft_lr=cfg.finetune_lr) if cfg.pretrain_steps else cfg
     if fwm is idm:
@@ -415,6 +417,16 @@ def warm_start(fwm, idm, codec, labelled, val, cfg, rng, steps=None, desc="sft")
     n_fwm, opt_fwm = sft(fwm, fwm_ex, val_scorer(codec, val, "fwm"), fwm_cfg, rng, steps, desc + " FWM")
     n_idm, opt_idm = sft(idm, idm_ex, val_scorer(codec, val, "idm"), cfg, rng, steps, desc + " IDM")
     return n_fwm + n_idm, {"fwm": opt_fwm, "idm": opt_idm}
+
+
+def renamed_copies(transitions, p, rng):
+    """Each labelled transition once more, its words renamed at random alike in x, y and the action
+    (data.renamed, words drawn from the transitions' states): the same change, in words that cannot be
+    recited. The FWM's SFT on the real triples alone drifts back to reciting the training rooms; with these
+    beside them it keeps copying x (NOTES.md, "Renamed triples in SFT"). Not the IDM's: in a probe they did
+    not help it read held-out actions."""
+    words = sorted({w for t in transitions for s in (t.x, t.y) for w in s.split()})
+    return [Transition(*renamed((t.x, t.y, t.action), words, p, rng), t.episode, t.source) for t in transitions]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -829,36 +829,56 @@ def test_pretraining_corpus_of_its_own(monkeypatch):
 
 
 def test_renamed_pairs_rename_alike_and_keep_the_layout():
-    x, y = "a red door.\n\ta table", "a red door.\n\tthe table"
+    x, y, z = "a red door.\n\ta table", "a red door.\n\tthe table", "open red door"
     words = ["cat", "dog", "owl"]
-    assert data.renamed(x, y, words, 0.0, random.Random(0)) == (x, y)
-    rx, ry = data.renamed(x, y, words, 1.0, random.Random(0))
-    assert re.sub(r"\S+", "w", rx) == re.sub(r"\S+", "w", x) and re.sub(r"\S+", "w", ry) == re.sub(r"\S+", "w", y)
-    assert set(rx.split()) | set(ry.split()) <= set(words)
-    xw, yw, rxw, ryw = x.split(), y.split(), rx.split(), ry.split()
-    names = dict(zip(xw, rxw))
-    assert all(names.get(w, r) == r for w, r in zip(yw, ryw))  # one renaming for both states
-    assert data.renamed(x, y, words, 0.5, random.Random(3)) == data.renamed(x, y, words, 0.5, random.Random(3))
+    assert data.renamed((x, y), words, 0.0, random.Random(0)) == (x, y)
+    rx, ry, rz = data.renamed((x, y, z), words, 1.0, random.Random(0))
+    for text, new in ((x, rx), (y, ry), (z, rz)):
+        assert re.sub(r"\S+", "w", new) == re.sub(r"\S+", "w", text)
+    assert set(rx.split()) | set(ry.split()) | set(rz.split()) <= set(words)
+    names = dict(zip(x.split(), rx.split()))
+    for text, new in ((y, ry), (z, rz)):  # one renaming for every text
+        assert all(names.get(w, r) == r for w, r in zip(text.split(), new.split()))
+    assert data.renamed((x, y), words, 0.5, random.Random(3)) == data.renamed((x, y), words, 0.5, random.Random(3))
 
 
 def test_pretraining_on_renamed_pairs(monkeypatch):
-    """pretrain_rename > 0: every pretraining example is its pair renamed (a new renaming each), with words
+    """rename > 0: every pretraining example is its pair renamed (a new renaming each), with words
     drawn from the pairs' own states, at the configured probability."""
-    _, scfg, codec, new, lab, val, unl, _ = tiny_toy(pretrain_steps=1, pretrain_rename=0.5)
+    _, scfg, codec, new, lab, val, unl, _ = tiny_toy(pretrain_steps=1, rename=0.5)
     calls = spy_sft(monkeypatch)
     seen = []
 
-    def fake_renamed(x, y, words, p, rng):
-        seen.append((x, y, p, set(words)))
-        return x.lower(), y.lower()
+    def fake_renamed(texts, words, p, rng):
+        seen.append((texts, p, set(words)))
+        return tuple(text.lower() for text in texts)
 
     monkeypatch.setattr(swirl, "renamed", fake_renamed)
     swirl.pretrain_fwm(new(), codec, lab, unl, scfg, random.Random(0))
     ((_, examples, _, _),) = calls
     pairs = [t for t in unl for _ in range(swirl.PRETRAIN_WORDS_PER_PAIR)]
-    assert [(x, y) for x, y, _, _ in seen] == [(t.x, t.y) for t in pairs]
-    assert {p for *_, p, _ in seen} == {0.5} and seen[0][3] == {w for t in unl for s in (t.x, t.y) for w in s.split()}
+    assert [texts for texts, _, _ in seen] == [(t.x, t.y) for t in pairs]
+    assert {p for _, p, _ in seen} == {0.5} and seen[0][2] == {w for t in unl for s in (t.x, t.y) for w in s.split()}
     assert [target for _, target in examples] == [data.completion(codec.tok, t.y.lower()) for t in pairs]
+
+
+def test_sft_adds_renamed_triples_to_the_fwm_only(monkeypatch):
+    """rename > 0: the FWM's SFT sees every labelled triple, then each once more renamed alike in x, y and
+    the action; the IDM's SFT sees the real triples only. rename = 0 adds nothing."""
+    _, scfg, codec, new, lab, val, _, _ = tiny_toy(rename=1.0)
+    words = sorted({w for t in lab for s in (t.x, t.y) for w in s.split()})
+    copies = swirl.renamed_copies(lab, 1.0, random.Random(0))
+    assert [(c.episode, c.source) for c in copies] == [(t.episode, t.source) for t in lab]
+    assert [data.renamed((t.x, t.y, t.action), words, 1.0, random.Random(0)) for t in lab[:1]] == \
+        [(copies[0].x, copies[0].y, copies[0].action)]
+    expected = {1.0: [codec.fwm_example(c.x, c.action, c.y) for c in swirl.renamed_copies(lab, 1.0, random.Random(0))],
+                0.0: []}
+    for p in (1.0, 0.0):
+        calls = spy_sft(monkeypatch)
+        swirl.warm_start(new(), new(), codec, lab, val, swirl.replace(scfg, rename=p), random.Random(0), steps=1)
+        (_, fwm_ex, _, _), (_, idm_ex, _, _) = calls
+        assert fwm_ex == [codec.fwm_example(t.x, t.action, t.y) for t in lab] + expected[p]
+        assert idm_ex == [codec.idm_example(t.x, t.y, t.action) for t in lab]
 
 
 def test_pretrained_fwm_is_fine_tuned_gently_everywhere(monkeypatch):
@@ -899,8 +919,8 @@ def test_parse_options_rejects_unknown_and_converts():
     assert (scfg.phase_eval_every, scfg.reward_floor) == (0, -5.0)
     with pytest.raises(SystemExit, match="--key=value"):
         common.parse_options(["seeds"], cfg)
-    with pytest.raises(SystemExit, match="--pretrain_rename: '1.5'; it is a probability"):
-        common.parse_options(["--pretrain_rename=1.5"], scfg)
+    with pytest.raises(SystemExit, match="--rename: '1.5'; it is a probability"):
+        common.parse_options(["--rename=1.5"], scfg)
     with pytest.raises(SystemExit, match="error: patrol=2.0: it is a probability"):
         train_toy.main(["--patrol=2"])  # a bad world option: one line, before any training
 
