@@ -84,9 +84,10 @@ class LLMConfig:
 # Settings that are not the paper's (README, "The paper and this code"):
 #   - the FWM from scratch is first pretrained on the unlabelled pairs, the action unknown (swirl.pretrain_fwm):
 #     it stands in for a pretrained LLM's ability to copy a state;
-#   - (CPU preset) that pretraining renames the pairs' words at random (data.renamed) and x sits in a slot of
-#     fixed length (data.in_slot): without both, its small FWM learned the training states by heart and never
-#     copied a held-out one (NOTES.md, "A state slot");
+#   - (CPU preset) that pretraining renames the pairs' words at random (data.renamed), the FWM's SFT sees each
+#     labelled triple renamed as well (swirl.renamed_copies), and x sits in a slot of fixed length
+#     (data.in_slot): without these, its small FWM learned the training states by heart and never copied a
+#     held-out one (NOTES.md, "A state slot", "Renamed triples in SFT");
 #   - Dr. GRPO advantages (r - mean, no division by the group's std, scale_rewards=False): the rewards are
 #     mean log-likelihoods of long states that differ by hundredths of a nat within a group, and dividing by
 #     that std pushes their noise at full size (NOTES.md, "The toy's world through the text path").
