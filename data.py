@@ -293,6 +293,11 @@ def renamed(texts, words, p, rng):
     return tuple(re.sub(r"\S+", lambda m: names[m.group()], text) for text in texts)
 
 
+def state_words(transitions):
+    """The distinct whitespace-separated words of the transitions' states, sorted: what renamed draws from."""
+    return sorted({w for t in transitions for s in (t.x, t.y) for w in s.split()})
+
+
 def completion(tok, text):
     """The tokens a model must write: the text, then <|end|> so it learns to stop."""
     return tok.encode(text) + [tok.end_id]

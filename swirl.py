@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from common import all_reduce_grads, format_row, format_samples, format_stats, rank_and_processes
-from data import Transition, collate, completion, renamed, with_action
+from data import Transition, collate, completion, renamed, state_words, with_action
 from grpo import GRPOConfig, grpo_step
 from model import copy_model, generate, span_logprobs
 
@@ -393,7 +393,7 @@ def pretrain_fwm(fwm, codec, labelled, pairs, cfg, rng):
     before a small model learns to copy, and then it recites the rooms it knows instead of the one in x;
     renamed pairs cannot be recited (NOTES.md, "A state slot")."""
     words = [t.action for t in labelled]
-    vocab = sorted({w for t in pairs for s in (t.x, t.y) for w in s.split()}) if cfg.rename else []
+    vocab = state_words(pairs) if cfg.rename else []
     examples = []
     for t in pairs:
         for _ in range(PRETRAIN_WORDS_PER_PAIR):
@@ -425,7 +425,7 @@ def renamed_copies(transitions, p, rng):
     recited. The FWM's SFT on the real triples alone drifts back to reciting the training rooms; with these
     beside them it keeps copying x (NOTES.md, "Renamed triples in SFT"). Not the IDM's: in a probe they did
     not help it read held-out actions."""
-    words = sorted({w for t in transitions for s in (t.x, t.y) for w in s.split()})
+    words = state_words(transitions)
     return [Transition(*renamed((t.x, t.y, t.action), words, p, rng), t.episode, t.source) for t in transitions]
 
 
