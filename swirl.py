@@ -62,6 +62,8 @@ class SwirlConfig:
     rename: float = 0.0  # renamed transitions (data.renamed): each word renamed with this probability, in every
     # pretraining pair (pretrain_fwm) and in one more copy of each of the FWM's SFT triples (renamed_copies)
     finetune_lr: float = 3e-4  # SFT's peak lr for a pretrained model (fine-tuning, not learning from scratch)
+    idm_from_pretrained: bool = False  # with pretrain_steps > 0: the IDM starts from the pretrained FWM's weights
+    # (both roles from one pretrained model, as in the paper) instead of from scratch; its SFT keeps sft_lr
     # SWIRL iterations
     iterations: int = 2
     phases: str = "both"  # "both", "fwm" (Phase I only) or "idm" (Phase II only)
@@ -176,7 +178,9 @@ def phase_fwm(fwm, idm, ref_fwm, codec, pairs, cfg, rng, generator, desc="phase 
         # r_k = log Q_phi(z | x, y_hat_k), length-normalised, clamped at reward_floor
         reward_prompts = [codec.idm_example(p.x, codec.tok.decode(y), source=p.source)[0]
                           for k, (p, _) in enumerate(batch) for y in y_hat[k * G : (k + 1) * G]]
-        reward_targets = [completion(codec.tok, zi) for _, zi in batch for _ in range(G)]
+        # an action the IDM did not end within max_action_tokens is scored as it wrote it, without the <|end|>
+        # it never wrote: that also keeps the IDM's prompt plus z within the room codec.idm_example left
+        reward_targets = [completion(codec.tok, zi)[: codec.max_action_tokens] for _, zi in batch for _ in range(G)]
         rewards = mean_logprob(reward_idm, reward_prompts, reward_targets, allowed_ids=codec.action_ids,
                                batch=cfg.micro_batch)
         rewards = rewards.clamp(min=cfg.reward_floor)
@@ -479,6 +483,14 @@ def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, id
         corpus, what = (unlabelled, "unlabelled") if pretrain_pairs is None else (pretrain_pairs, "pretraining")
         log(f"state-only pretraining of the FWM on {len(corpus)} {what} pairs ({cfg.pretrain_steps} steps)")
         pretrain_fwm(fwm, codec, labelled, corpus, cfg, rng)
+        if cfg.idm_from_pretrained and idm is not fwm:
+            # The paper's two roles start from the same pretrained LLM. Here the state-only pretrained FWM is
+            # that model: it has learned to copy x into y's positions, so at each of y's tokens in the IDM's
+            # prompt it already "expects" x's token, which is where a change (the action's trace) shows.
+            # From scratch the CPU preset's IDM stayed at its majority floor (NOTES.md, "The IDM starts
+            # from the pretrained FWM").
+            log("the IDM starts from the pretrained FWM's weights")
+            idm.load_state_dict(fwm.state_dict())
     run = RunState(fwm, idm, copy_pair(fwm, idm), rng, gen)
     if resume is not None:
         resume(run)

@@ -684,6 +684,22 @@ def test_run_swirl_selects_every_phase_and_sft_continue_alike(monkeypatch):
     assert checks["sft FWM"] == checks["bootstrap IDM"] == scfg.sft_eval_every  # early stopping as before
 
 
+def test_phase_fwm_scores_an_unended_action_as_written(monkeypatch):
+    """An IDM action cut at max_action_tokens (no <|end|>) is Phase I's reward target as the IDM wrote it:
+    appending an <|end|> it never wrote made the IDM's prompt one token too long for the block."""
+    _, scfg, codec, new, lab, val, unl, _ = tiny_toy(confidence=0.0, steps_per_phase=1, prompts_per_step=1)
+    cut = "updown"[: codec.max_action_tokens]  # as many tokens (bytes) as the room holds
+    monkeypatch.setattr(swirl, "infer_actions", lambda idm, codec, pairs: ([cut] * len(pairs), torch.ones(len(pairs))))
+    targets = []
+    real = swirl.mean_logprob
+    monkeypatch.setattr(swirl, "mean_logprob", lambda m, p, t, **kw: targets.append(t) or real(m, p, t, **kw))
+    fwm = new()
+    swirl.phase_fwm(fwm, new(), swirl.frozen_copy(fwm), codec, unl, scfg, random.Random(0), torch.Generator())
+    assert targets and all(t == codec.tok.encode(cut) for t in targets[0])
+    ended = "up"
+    assert data.completion(codec.tok, ended)[: codec.max_action_tokens] == data.completion(codec.tok, ended)
+
+
 def test_confidence_filter_drops_what_it_should(monkeypatch):
     _, scfg, codec, new, lab, val, unl, _ = tiny_toy(confidence=0.5)
     pairs = unl[:4]
@@ -879,6 +895,26 @@ def test_sft_adds_renamed_triples_to_the_fwm_only(monkeypatch):
         (_, fwm_ex, _, _), (_, idm_ex, _, _) = calls
         assert fwm_ex == [codec.fwm_example(t.x, t.action, t.y) for t in lab] + expected[p]
         assert idm_ex == [codec.idm_example(t.x, t.y, t.action) for t in lab]
+
+
+def test_idm_from_pretrained_starts_the_idm_from_the_pretrained_fwm(monkeypatch):
+    """idm_from_pretrained: the IDM's SFT (and the oracle's, from the same start) begins at the pretrained
+    FWM's weights; without it the IDM begins at a fresh initialisation, unlike the FWM's."""
+    starts = {}
+    real_warm = swirl.warm_start
+
+    def spy_warm(fwm, idm, *a, desc="sft", **kw):
+        starts[desc] = (weights(fwm), weights(idm))
+        return real_warm(fwm, idm, *a, desc=desc, **kw)
+
+    monkeypatch.setattr(swirl, "warm_start", spy_warm)
+    for flag in (True, False):
+        _, scfg, codec, new, lab, val, unl, test = tiny_toy(pretrain_steps=2, idm_from_pretrained=flag)
+        starts.clear()
+        swirl.run_swirl(scfg, codec, new, lab, val, unl, test, unlabelled_truth=lab, log=lambda *_: None)
+        for stage in ("sft", "oracle"):
+            fwm_start, idm_start = starts[stage]
+            assert same(fwm_start, idm_start) == flag, (stage, flag)
 
 
 def test_pretrained_fwm_is_fine_tuned_gently_everywhere(monkeypatch):

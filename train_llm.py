@@ -83,7 +83,8 @@ class LLMConfig:
 # over the unlabelled pairs per phase; the CPU preset keeps a small G and a few steps, to run on a CPU.
 # Settings that are not the paper's (README, "The paper and this code"):
 #   - the FWM from scratch is first pretrained on the unlabelled pairs, the action unknown (swirl.pretrain_fwm):
-#     it stands in for a pretrained LLM's ability to copy a state;
+#     it stands in for a pretrained LLM's ability to copy a state; (CPU preset) the IDM starts from it as well
+#     (swirl.SwirlConfig.idm_from_pretrained), as the paper's two roles start from one LLM;
 #   - (CPU preset) that pretraining renames the pairs' words at random (data.renamed), the FWM's SFT sees each
 #     labelled triple renamed as well (swirl.renamed_copies), and x sits in a slot of fixed length
 #     (data.in_slot): without these, its small FWM learned the training states by heart and never copied a
@@ -96,10 +97,10 @@ NOT_PAPER = dict(scale_rewards=False)
 PRESETS = {
     "gpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=2000, sft_lr=6e-4, sft_batch=32, sft_max_steps=5000,
                 sft_eval_every=250, steps_per_phase=0, prompts_per_step=8, group_size=16, lr=5e-5, micro_batch=64),
-    "cpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=1000, rename=0.5, state_slot=True, n_layer=2,
-                n_head=4, n_embd=128, device="cpu", dtype="float32", max_eval=48, sft_lr=3e-3, sft_batch=16,
-                sft_max_steps=250, sft_eval_every=50, sft_patience=2, iterations=1, lr_warmup=0, steps_per_phase=6,
-                prompts_per_step=4, group_size=4, best_of="2"),
+    "cpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=1000, idm_from_pretrained=True, rename=0.5,
+                state_slot=True, n_layer=2, n_head=4, n_embd=128, device="cpu", dtype="float32", max_eval=48,
+                sft_lr=3e-3, sft_batch=16, sft_max_steps=250, sft_eval_every=50, sft_patience=2, iterations=1,
+                lr_warmup=0, steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2"),
 }
 
 METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_bleu", "fwm_rougeL"]
