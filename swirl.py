@@ -180,7 +180,8 @@ def phase_fwm(fwm, idm, ref_fwm, codec, pairs, cfg, rng, generator, desc="phase 
                           for k, (p, _) in enumerate(batch) for y in y_hat[k * G : (k + 1) * G]]
         # an action the IDM did not end within max_action_tokens is scored as it wrote it, without the <|end|>
         # it never wrote: that also keeps the IDM's prompt plus z within the room codec.idm_example left
-        reward_targets = [completion(codec.tok, zi)[: codec.max_action_tokens] for _, zi in batch for _ in range(G)]
+        reward_targets = [completion(codec.tok, zi)[: codec.max_action_tokens]
+                          for _, zi in batch for _ in range(G)]
         rewards = mean_logprob(reward_idm, reward_prompts, reward_targets, allowed_ids=codec.action_ids,
                                batch=cfg.micro_batch)
         rewards = rewards.clamp(min=cfg.reward_floor)
@@ -487,7 +488,7 @@ def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, id
             # The paper's two roles start from the same pretrained LLM. Here the state-only pretrained FWM is
             # that model: it has learned to copy x into y's positions, so at each of y's tokens in the IDM's
             # prompt it already "expects" x's token, which is where a change (the action's trace) shows.
-            # From scratch the CPU preset's IDM stayed at its majority floor (NOTES.md, "The IDM starts
+            # From scratch the CPU preset's IDM stayed at its majority floor (NOTES.md, "The IDM started
             # from the pretrained FWM").
             log("the IDM starts from the pretrained FWM's weights")
             idm.load_state_dict(fwm.state_dict())
