@@ -428,8 +428,9 @@ def renamed_copies(transitions, p, rng):
     """Each labelled transition once more, its words renamed at random alike in x, y and the action
     (data.renamed, words drawn from the transitions' states): the same change, in words that cannot be
     recited. The FWM's SFT on the real triples alone drifts back to reciting the training rooms; with these
-    beside them it keeps copying x (NOTES.md, "Renamed triples in SFT"). Not the IDM's: in a probe they did
-    not help it read held-out actions."""
+    beside them it keeps copying x (NOTES.md, "Renamed triples in SFT"). Their price: it also learns to leave
+    the action alone, and writes no change, even on its training triples (NOTES.md, "The renamed SFT copies
+    ..."). Not the IDM's: in a probe they did not help it read held-out actions."""
     words = state_words(transitions)
     return [Transition(*renamed((t.x, t.y, t.action), words, p, rng), t.episode, t.source) for t in transitions]
 
