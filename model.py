@@ -48,27 +48,36 @@ class GPTConfig:
     dropout: float = 0.0  # keep 0 for GRPO: the ratio new/old must compare the same function
     bias: bool = False
     gelu: str = "none"  # F.gelu's approximation: "none" (exact) or "tanh" (GPT-2's)
+    # positions: False = a learned embedding per position, added to the tokens (GPT-2's; pretrained weights
+    # need it); True = rotary (RoPE, Su et al. 2021): queries and keys turned by an angle per position, so
+    # attention sees only how far apart two tokens are. A copy of x at a fixed distance is then one rule
+    # for every position, where learned positions must line each position up with the one that far back.
+    rope: bool = False
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0, "n_embd must be divisible by n_head"
+        assert not cfg.rope or (cfg.n_embd // cfg.n_head) % 2 == 0, "rope turns pairs: the head size must be even"
         self.n_head = cfg.n_head
         self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, allowed, cache=None):
+    def forward(self, x, allowed, cache=None, angles=None):
         """x: (B, T, C) new tokens; allowed: (B, 1, T, S) bool, True where query t may see key s
-        (None = plain causal); cache: a LayerCache holding the S - T earlier keys and values."""
+        (None = plain causal); cache: a LayerCache holding the S - T earlier keys and values;
+        angles: the rotary (cos, sin) of these T positions (rotary_angles), None for learned positions."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         hd = C // self.n_head
         q = q.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
         k = k.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
         v = v.view(B, T, self.n_head, hd).transpose(1, 2)  # (B, nh, T, hd)
+        if angles is not None:  # before the cache: cached keys keep the turn of their own position
+            q, k = rotate(q, *angles), rotate(k, *angles)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, S, hd): the past plus these T positions
         p = self.dropout if self.training else 0.0
@@ -102,9 +111,24 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, allowed, cache=None):
-        x = x + self.attn(self.ln_1(x), allowed, cache)
+    def forward(self, x, allowed, cache=None, angles=None):
+        x = x + self.attn(self.ln_1(x), allowed, cache, angles)
         return x + self.mlp(self.ln_2(x))
+
+
+def rotary_angles(pos, head_dim, base=10000.0):
+    """cos and sin of the rotary angles pos * base^(-2i / head_dim), i < head_dim / 2: (B, 1, T, head_dim / 2)
+    each, for positions pos (B, T). Fast-turning pairs tell near distances apart, slow ones far ones."""
+    freq = base ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    angle = pos.unsqueeze(-1).float() * freq  # (B, T, head_dim / 2)
+    return angle.cos().unsqueeze(1), angle.sin().unsqueeze(1)
+
+
+def rotate(x, cos, sin):
+    """Turn each pair (x[i], x[i + hd/2]) of x (B, nh, T, hd) by its angle. Then the dot product of a query
+    at position m and a key at n depends on m - n only: the positions' turns cancel but for their difference."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
 class LayerCache:
@@ -146,7 +170,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.wpe = None if cfg.rope else nn.Embedding(cfg.block_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -175,7 +199,8 @@ class GPT(nn.Module):
         return self
 
     def num_params(self):
-        return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()
+        """Parameters, less the position embedding (nanoGPT's count)."""
+        return sum(p.numel() for p in self.parameters()) - (0 if self.wpe is None else self.wpe.weight.numel())
 
     def forward(self, idx, attn_mask=None, cache=None, only=None):
         """idx: (B, T) new token ids. attn_mask: (B, S) with 1 for real tokens over ALL positions the
@@ -197,9 +222,11 @@ class GPT(nn.Module):
             # positions count real tokens only, so left padding does not shift a row
             pos = (attn_mask.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]  # (B, T)
             allowed = attention_allowed(attn_mask, T)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        cfg = self.config
+        angles = rotary_angles(pos, cfg.n_embd // cfg.n_head) if cfg.rope else None
+        x = self.drop(self.wte(idx) if cfg.rope else self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
-            x = block(x, allowed, None if cache is None else cache[i])
+            x = block(x, allowed, None if cache is None else cache[i], angles)
         x = self.ln_f(x)
         return self.lm_head(x if only is None else x[only])  # (B, T, vocab) or (N, vocab)
 

@@ -20,9 +20,9 @@ from model import span_logprobs
 # model.py
 
 
-def tiny_model(seed=0, vocab=40, block=64):
+def tiny_model(seed=0, vocab=40, block=64, rope=False):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, n_embd=32)).eval()
+    return GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, n_embd=32, rope=rope)).eval()
 
 
 def slow_logprobs(model, seq, start, temperature=1.0):
@@ -34,12 +34,13 @@ def slow_logprobs(model, seq, start, temperature=1.0):
     return out
 
 
+@pytest.mark.parametrize("rope", [False, True])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_span_logprobs_match_slow_loop_with_padding(temperature, side):
+def test_span_logprobs_match_slow_loop_with_padding(temperature, side, rope):
     """Left-padded with its mask, or right-padded with no mask at all (causal attention only): the same
-    log-probs as each sequence alone, token by token."""
-    model = tiny_model()
+    log-probs as each sequence alone, token by token; with learned or rotary positions."""
+    model = tiny_model(rope=rope)
     prompts = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
     comps = [[11, 12], [13, 14, 15, 16], [17]]
     ids, attn, span = data.collate(prompts, comps, pad_id=0, side=side)
@@ -51,8 +52,9 @@ def test_span_logprobs_match_slow_loop_with_padding(temperature, side):
         assert (lp[b][~span[b].bool()] == 0).all()
 
 
-def test_left_padding_changes_no_logprob():
-    model = tiny_model()
+@pytest.mark.parametrize("rope", [False, True])
+def test_left_padding_changes_no_logprob(rope):
+    model = tiny_model(rope=rope)
     ids, attn, span = data.collate([[1, 2, 3]], [[4, 5]], pad_id=0)
     alone = span_logprobs(model, ids, attn, span)[span.bool()]
     ids2, attn2, span2 = data.collate([[1, 2, 3], list(range(1, 20))], [[4, 5], [6]], pad_id=0)
@@ -60,11 +62,13 @@ def test_left_padding_changes_no_logprob():
     assert torch.allclose(alone, padded, atol=1e-5)
 
 
+@pytest.mark.parametrize("rope", [False, True])
 @pytest.mark.parametrize("check_every", [1, 8])
-def test_cached_sampling_equals_uncached_sampling(check_every):
+def test_cached_sampling_equals_uncached_sampling(check_every, rope):
     """The fast path (each prompt read once, its cache repeated for the group of 4, the end checked every
-    check_every tokens) writes the tokens of the oracle: rows repeated first, no cache, checked every token."""
-    model = tiny_model()
+    check_every tokens) writes the tokens of the oracle: rows repeated first, no cache, checked every token.
+    Rotary: the cached keys keep their own position's turn."""
+    model = tiny_model(rope=rope)
     ids, attn, _ = data.collate([[1, 2, 3, 4], [5, 6], [7, 8, 9]], pad_id=0)
     kwargs = dict(max_new_tokens=12, end_id=3, pad_id=0, temperature=0.9, top_k=30, top_p=0.95)
     a, ma = generate(model, ids, attn, generator=torch.Generator().manual_seed(7), num_samples=4,
@@ -103,14 +107,44 @@ def test_generate_stops_at_end_masks_and_pads():
             assert row.index(3) == n - 1 and all(t == 0 for t in row[n:])
 
 
-def test_padding_in_prompt_does_not_change_sampled_tokens():
-    model = tiny_model()
+@pytest.mark.parametrize("rope", [False, True])
+def test_padding_in_prompt_does_not_change_sampled_tokens(rope):
+    model = tiny_model(rope=rope)
     kwargs = dict(max_new_tokens=10, end_id=3, pad_id=0, temperature=0)  # greedy: deterministic per row
     ids, attn, _ = data.collate([[1, 2, 5]], pad_id=0)
     alone, _ = generate(model, ids, attn, **kwargs)
     ids2, attn2, _ = data.collate([[1, 2, 5], list(range(4, 30))], pad_id=0)
     batched, _ = generate(model, ids2, attn2, **kwargs)
     assert alone[0].tolist() == batched[0, : alone.shape[1]].tolist()
+
+
+def test_rotary_turns_by_hand_and_sees_only_distances():
+    """rotate by hand: the pair (1, 0) turned by the angle pos * freq is (cos, sin) of it, freq = 1 for the
+    first pair and 10000^(-1/2) for the second of a head of 4. A query at m and a key at n score the
+    same as at m + c and n + c: only their distance counts."""
+    from model import rotary_angles, rotate
+    pos = torch.tensor([[3]])
+    x = torch.tensor([1.0, 1.0, 0.0, 0.0]).view(1, 1, 1, 4)  # pairs (x0, x2) and (x1, x3), each (1, 0)
+    got = rotate(x, *rotary_angles(pos, 4)).flatten().tolist()
+    want = [math.cos(3), math.cos(3 / 100), math.sin(3), math.sin(3 / 100)]
+    assert got == pytest.approx(want, abs=1e-6)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 8, generator=g), torch.randn(1, 1, 1, 8, generator=g)
+
+    def score(m, n):
+        return (rotate(q, *rotary_angles(torch.tensor([[m]]), 8)) * rotate(k, *rotary_angles(torch.tensor([[n]]), 8))).sum().item()
+
+    assert score(9, 4) == pytest.approx(score(59, 54), abs=1e-4)
+    assert score(9, 4) != pytest.approx(score(9, 5), abs=1e-4)
+
+
+def test_rotary_model_has_no_position_table_and_round_trips(tmp_path):
+    """A rotary GPT keeps no learned positions; its checkpoint rebuilds the same model."""
+    model = tiny_model(rope=True)
+    assert model.wpe is None and model.num_params() == sum(p.numel() for p in model.parameters())
+    again = model_from_state(model_state(model))
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert torch.equal(model(ids), again(ids))
 
 
 def test_top_p_keeps_the_nucleus():
@@ -1432,8 +1466,10 @@ def test_pretrained_start_errors(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"notgpt2/vocab.json: no such file"):  # not a download: a folder was given
         train_llm.cli(args + [f"--init_from={folder}"])
     write_gpt2_tokenizer(folder)
+    with pytest.raises(SystemExit, match=r"--rope=true is for a model from scratch"):  # GPT-2 has learned positions
+        train_llm.cli(args + [f"--init_from={folder}", "--rope=true"])
     with pytest.raises(SystemExit, match=r"notgpt2/config.json: no such file"):
-        train_llm.cli(args + [f"--init_from={folder}"])
+        train_llm.cli(args + [f"--init_from={folder}", "--preset=cpu"])  # the preset's rope gives way
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1}))  # no sizes
     with pytest.raises(SystemExit, match=r"config.json: not a GPT-2 config .*sizes \['n_layer'\]"):
         train_llm.cli(args + [f"--init_from={folder}"])

@@ -61,6 +61,7 @@ class LLMConfig:
     n_embd: int = 512
     block_size: int = 1024  # must hold the IDM's prompt (two states) plus an action; see data.check_fits
     dropout: float = 0.0
+    rope: bool = False  # rotary positions (model.GPTConfig.rope) instead of learned ones; from scratch only
     state_slot: bool = False  # x padded to the longest training state in both prompts (data.in_slot)
     # the machine
     device: str = "auto"  # "auto": cuda when available, else cpu
@@ -88,7 +89,9 @@ class LLMConfig:
 #   - (CPU preset) that pretraining renames the pairs' words at random (data.renamed), the FWM's SFT sees each
 #     labelled triple renamed as well (swirl.renamed_copies), and x sits in a slot of fixed length
 #     (data.in_slot): without these, its small FWM learned the training states by heart and never copied a
-#     held-out one (NOTES.md, "A state slot", "Renamed triples in SFT");
+#     held-out one (NOTES.md, "A state slot", "Renamed triples in SFT"); and (CPU preset) rotary positions
+#     (model.GPTConfig.rope): with x in a slot, y's i-th token is one distance after x's i-th, which rotary
+#     attention sees as one rule for every position (NOTES.md, "Rotary positions");
 #   - Dr. GRPO advantages (r - mean, no division by the group's std, scale_rewards=False): the rewards are
 #     mean log-likelihoods of long states that differ by hundredths of a nat within a group, and dividing by
 #     that std pushes their noise at full size (NOTES.md, "The toy's world through the text path").
@@ -98,9 +101,9 @@ PRESETS = {
     "gpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=2000, sft_lr=6e-4, sft_batch=32, sft_max_steps=5000,
                 sft_eval_every=250, steps_per_phase=0, prompts_per_step=8, group_size=16, lr=5e-5, micro_batch=64),
     "cpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=1000, idm_from_pretrained=True, rename=0.5,
-                state_slot=True, n_layer=2, n_head=4, n_embd=128, device="cpu", dtype="float32", max_eval=48,
-                sft_lr=3e-3, sft_batch=16, sft_max_steps=250, sft_eval_every=50, sft_patience=2, iterations=1,
-                lr_warmup=0, steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2"),
+                state_slot=True, rope=True, n_layer=2, n_head=4, n_embd=128, device="cpu", dtype="float32",
+                max_eval=48, sft_lr=3e-3, sft_batch=16, sft_max_steps=250, sft_eval_every=50, sft_patience=2,
+                iterations=1, lr_warmup=0, steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2"),
 }
 
 METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_bleu", "fwm_rougeL"]
@@ -232,7 +235,7 @@ def load_data(cfg):
 
 # A pretrained start fine-tunes at nanoGPT's order of rate for GPT-2 (not one we have measured) and needs no
 # state-only pretraining: GPT-2 already copies text. Options given on the command line win.
-FROM_PRETRAINED = dict(sft_lr=1e-4, pretrain_steps=0)
+FROM_PRETRAINED = dict(sft_lr=1e-4, pretrain_steps=0, rope=False)
 GPT2_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 GPT2_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt")
 HUB_URL = "https://huggingface.co/{model}/resolve/main/{file}"
@@ -314,11 +317,13 @@ def model_factory(cfg, tok, device, folder=None):
     Pretrained: GPT-2's weights, read once; each call returns a copy, so both roles start from them.
     Its vocabulary is GPT-2's plus our special tokens, padded to a multiple of 64 as nanoGPT does."""
     if folder is not None:
+        if cfg.rope:
+            sys.exit("--rope=true is for a model from scratch: GPT-2's weights were trained with learned positions")
         pretrained = gpt2_from_folder(folder, vocab_size=64 * math.ceil(tok.vocab_size / 64))
         mcfg, n_params = pretrained.config, pretrained.num_params()
     else:
         mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout)
+                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, rope=cfg.rope)
         n_params = GPT(mcfg).num_params()
 
     def new_model():
