@@ -385,6 +385,13 @@ class Codec:
         prompt = idm_prompt(self.tok, x, y, self.shared, self.state_slot)
         return self._fit(prompt, completion(self.tok, z) if z is not None else None, self.max_action_tokens, source)
 
+    def action_target(self, z):
+        """z's tokens and <|end|> as a target after a prompt built for generation, cut to the room that prompt
+        left (max_action_tokens). z is text the IDM wrote and we decoded: one it did not end is a token longer
+        than the room, and bytes it wrote that are no UTF-8 decode to U+FFFD and encode again as three; either
+        would not fit a block sized to the labels. Scored as written, without the <|end|> it never wrote."""
+        return completion(self.tok, z)[: self.max_action_tokens]
+
     def _fit(self, prompt, target, room, source):
         if target is None:
             prompt, _ = check_fits(self.tok, prompt, [self.tok.end_id] * room, self.block_size, source, self.truncate)

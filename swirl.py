@@ -178,10 +178,7 @@ def phase_fwm(fwm, idm, ref_fwm, codec, pairs, cfg, rng, generator, desc="phase 
         # r_k = log Q_phi(z | x, y_hat_k), length-normalised, clamped at reward_floor
         reward_prompts = [codec.idm_example(p.x, codec.tok.decode(y), source=p.source)[0]
                           for k, (p, _) in enumerate(batch) for y in y_hat[k * G : (k + 1) * G]]
-        # an action the IDM did not end within max_action_tokens is scored as it wrote it, without the <|end|>
-        # it never wrote: that also keeps the IDM's prompt plus z within the room codec.idm_example left
-        reward_targets = [completion(codec.tok, zi)[: codec.max_action_tokens]
-                          for _, zi in batch for _ in range(G)]
+        reward_targets = [codec.action_target(zi) for _, zi in batch for _ in range(G)]
         rewards = mean_logprob(reward_idm, reward_prompts, reward_targets, allowed_ids=codec.action_ids,
                                batch=cfg.micro_batch)
         rewards = rewards.clamp(min=cfg.reward_floor)
@@ -610,15 +607,15 @@ def parse_best_of(text):
 # Evaluation on held-out transitions (true actions used here only)
 
 
-def verified_states(fwm, idm, codec, xs, zs, n, cfg, generator):
+def verified_states(fwm, idm, codec, xs, zs, targets, n, cfg, generator):
     """Test-time verification (best of n): sample n next states from the FWM and keep the one from which
-    the IDM reads the action back best, argmax_k log Q(z | x, y_hat_k)."""
+    the IDM reads the action back best, argmax_k log Q(z | x, y_hat_k). targets: each z's tokens to score."""
     prompts = [codec.fwm_example(x, z)[0] for x, z in zip(xs, zs)]
     samples = sample_completions(fwm, codec, prompts, codec.max_state_tokens, codec.state_ids, cfg.temperature,
                                  cfg.top_p, n, generator)
     texts = [codec.tok.decode(y) for y in samples]
     score_prompts = [codec.idm_example(xs[i // n], texts[i])[0] for i in range(len(texts))]
-    score_targets = [completion(codec.tok, zs[i // n]) for i in range(len(texts))]
+    score_targets = [targets[i // n] for i in range(len(texts))]
     scores = mean_logprob(idm, score_prompts, score_targets, allowed_ids=codec.action_ids).view(-1, n)
     return [texts[i * n + int(k)] for i, k in enumerate(scores.argmax(dim=1))]
 
@@ -636,8 +633,11 @@ def evaluate(fwm, idm, codec, test, idm_counted=None, extra_metrics=None, best_o
     z_hat, _ = infer_actions(idm, codec, test)
     hits = [a == b for a, b, c in zip(z_hat, zs, counted) if c]
     if best_of > 1:
-        y_true_z = verified_states(fwm, idm, codec, xs, zs, best_of, cfg, generator)
-        y_inf_z = verified_states(fwm, idm, codec, xs, z_hat, best_of, cfg, generator)
+        # the true action is scored whole; the IDM's as it wrote it (Codec.action_target: it may be unended)
+        y_true_z = verified_states(fwm, idm, codec, xs, zs, [completion(codec.tok, z) for z in zs], best_of, cfg,
+                                   generator)
+        y_inf_z = verified_states(fwm, idm, codec, xs, z_hat, [codec.action_target(z) for z in z_hat], best_of, cfg,
+                                  generator)
     else:
         y_true_z, y_inf_z = predict_states(fwm, codec, xs, zs), predict_states(fwm, codec, xs, z_hat)
     metrics = {

@@ -720,7 +720,8 @@ def test_run_swirl_selects_every_phase_and_sft_continue_alike(monkeypatch):
 
 def test_phase_fwm_scores_an_unended_action_as_written(monkeypatch):
     """An IDM action cut at max_action_tokens (no <|end|>) is Phase I's reward target as the IDM wrote it:
-    appending an <|end|> it never wrote made the IDM's prompt one token too long for the block."""
+    appending an <|end|> it never wrote made the IDM's prompt one token too long for the block
+    (Codec.action_target; best-of-N's scores use it too)."""
     _, scfg, codec, new, lab, val, unl, _ = tiny_toy(confidence=0.0, steps_per_phase=1, prompts_per_step=1)
     cut = "updown"[: codec.max_action_tokens]  # as many tokens (bytes) as the room holds
     monkeypatch.setattr(swirl, "infer_actions", lambda idm, codec, pairs: ([cut] * len(pairs), torch.ones(len(pairs))))
@@ -730,8 +731,9 @@ def test_phase_fwm_scores_an_unended_action_as_written(monkeypatch):
     fwm = new()
     swirl.phase_fwm(fwm, new(), swirl.frozen_copy(fwm), codec, unl, scfg, random.Random(0), torch.Generator())
     assert targets and all(t == codec.tok.encode(cut) for t in targets[0])
-    ended = "up"
-    assert data.completion(codec.tok, ended)[: codec.max_action_tokens] == data.completion(codec.tok, ended)
+    assert codec.action_target("up") == data.completion(codec.tok, "up")  # an ended action keeps its <|end|>
+    # bytes that are no UTF-8 decode to U+FFFD, which encodes again as three bytes: cut to the room as well
+    assert codec.tok.decode([0xE2]) == "\ufffd" and len(codec.action_target("\ufffd" * 3)) == codec.max_action_tokens
 
 
 def test_confidence_filter_drops_what_it_should(monkeypatch):
