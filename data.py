@@ -294,8 +294,25 @@ def renamed(texts, words, p, rng):
 
 
 def state_words(transitions):
-    """The distinct whitespace-separated words of the transitions' states, sorted: what renamed draws from."""
+    """The distinct whitespace-separated words of the transitions' states, sorted."""
     return sorted({w for t in transitions for s in (t.x, t.y) for w in s.split()})
+
+
+def spelled_words(tok):
+    """One made-up word per printable text token of tok: the token's text, whitespace removed.
+    A tokeniser trained on the training states makes most training words one token each; a word that only
+    a held-out variation has ("tortoise", "platinum") is written with sub-word tokens that no training state
+    uses, so a small FWM never sees them copied, and where x has one its copy slips there (NOTES.md,
+    "Spelled words in the renamings"). Renaming with these words shows every such token in a copy (after a
+    space, a tab or inside a word, as BPE splits it); one token each, so a renamed state is no longer."""
+    pieces = (tok.decode([i]).strip() for i in range(tok.n_text))
+    return [p for p in pieces if p and p.isprintable() and "\ufffd" not in p and not any(c.isspace() for c in p)]
+
+
+def renaming_words(tok, transitions):
+    """What renamed draws from: the transitions' state words and spelled_words (most of them; with the
+    preset's rename=0.5 half a state's words stay as they were, so it still reads like the environment's)."""
+    return state_words(transitions) + spelled_words(tok)
 
 
 def completion(tok, text):

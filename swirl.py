@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from common import all_reduce_grads, format_row, format_samples, format_stats, rank_and_processes
-from data import Transition, collate, completion, renamed, state_words, with_action
+from data import Transition, collate, completion, renamed, renaming_words, with_action
 from grpo import GRPOConfig, grpo_step
 from model import copy_model, generate, span_logprobs
 
@@ -59,8 +59,8 @@ class SwirlConfig:
     sft_eval_every: int = 250  # steps between checks on the held-out labelled split
     sft_patience: int = 4  # checks without improvement before early stopping
     pretrain_steps: int = 0  # state-only pretraining of the FWM before SFT (see pretrain_fwm); 0: none
-    rename: float = 0.0  # renamed transitions (data.renamed): each word renamed with this probability, in every
-    # pretraining pair (pretrain_fwm) and in one more copy of each of the FWM's SFT triples (renamed_copies)
+    rename: float = 0.0  # renamed transitions (data.renamed, data.renaming_words): each word renamed with this
+    # probability, in every pretraining pair (pretrain_fwm) and in one more copy of each FWM SFT triple (renamed_copies)
     finetune_lr: float = 3e-4  # SFT's peak lr for a pretrained model (fine-tuning, not learning from scratch)
     idm_from_pretrained: bool = False  # with pretrain_steps > 0: the IDM starts from the pretrained FWM's weights
     # (both roles from one pretrained model, as in the paper) instead of from scratch; its SFT keeps sft_lr
@@ -391,11 +391,11 @@ def pretrain_fwm(fwm, codec, labelled, pairs, cfg, rng):
     and the small FWM's copying is tied to positions, so SFT on real actions would have to learn it again
     (NOTES.md, "How the FWM is pretrained matters").
     cfg.rename > 0 (the CPU preset): each of a pair's examples has its words renamed at random
-    (data.renamed), its own renaming, drawn once here. A few hundred real states are learned by heart
-    before a small model learns to copy, and then it recites the rooms it knows instead of the one in x;
-    renamed pairs cannot be recited (NOTES.md, "A state slot")."""
+    (data.renamed, to data.renaming_words), its own renaming, drawn once here. A few hundred real states are
+    learned by heart before a small model learns to copy, and then it recites the rooms it knows instead of the
+    one in x; renamed pairs cannot be recited (NOTES.md, "A state slot")."""
     words = [t.action for t in labelled]
-    vocab = state_words(pairs) if cfg.rename else []
+    vocab = renaming_words(codec.tok, pairs) if cfg.rename else []
     examples = []
     for t in pairs:
         for _ in range(PRETRAIN_WORDS_PER_PAIR):
@@ -409,7 +409,10 @@ def warm_start(fwm, idm, codec, labelled, val, cfg, rng, steps=None, desc="sft")
     tokens given (x, y). With shared weights one model learns both. A pretrained FWM (or shared model) is
     fine-tuned at cfg.finetune_lr, as pretrained models are; sft_lr is the rate for learning from scratch.
     Returns (update steps taken, {role: optimiser}) (the optimisers go into checkpoints)."""
-    fwm_data = labelled + renamed_copies(labelled, cfg.rename, rng) if cfg.rename else labelled
+    if cfg.rename:
+        fwm_data = labelled + renamed_copies(labelled, cfg.rename, renaming_words(codec.tok, labelled), rng)
+    else:
+        fwm_data = labelled
     fwm_ex = [codec.fwm_example(t.x, t.action, t.y, t.source) for t in fwm_data]
     idm_ex = [codec.idm_example(t.x, t.y, t.action, t.source) for t in labelled]
     fwm_cfg = replace(cfg, sft_lr=cfg.finetune_lr) if cfg.pretrain_steps else cfg
@@ -421,14 +424,13 @@ def warm_start(fwm, idm, codec, labelled, val, cfg, rng, steps=None, desc="sft")
     return n_fwm + n_idm, {"fwm": opt_fwm, "idm": opt_idm}
 
 
-def renamed_copies(transitions, p, rng):
+def renamed_copies(transitions, p, words, rng):
     """Each labelled transition once more, its words renamed at random alike in x, y and the action
-    (data.renamed, words drawn from the transitions' states): the same change, in words that cannot be
+    (data.renamed, words drawn from `words`: data.renaming_words): the same change, in words that cannot be
     recited. The FWM's SFT on the real triples alone drifts back to reciting the training rooms; with these
     beside them it keeps copying x (NOTES.md, "Renamed triples in SFT"). Their price: it also learns to leave
     the action alone, and writes no change, even on its training triples (NOTES.md, "The renamed SFT copies
     ..."). Not the IDM's: in a probe they did not help it read held-out actions."""
-    words = state_words(transitions)
     return [Transition(*renamed((t.x, t.y, t.action), words, p, rng), t.episode, t.source) for t in transitions]
 
 

@@ -894,9 +894,26 @@ def test_renamed_pairs_rename_alike_and_keep_the_layout():
     assert data.renamed((x, y), words, 0.5, random.Random(3)) == data.renamed((x, y), words, 0.5, random.Random(3))
 
 
+def test_spelled_words_spell_every_printable_token():
+    """By hand for bytes: one word per printable non-space ASCII character. On a BPE trained on a few
+    states, a held-out word is written with tokens no training state uses; the spelled words show them."""
+    assert data.spelled_words(data.byte_tokenizer()) == [chr(c) for c in range(33, 127)]
+    states = ["This room is called the kitchen. In it, you see:\n\ta fridge\n\ta peach\n\ta plate"] * 20
+    tok = data.bpe_tokenizer(states, 400)
+    seen = {i for s in states for i in tok.encode(s)}
+    held_out = "\n\ta tortoise\n\ta platinum plate"
+    unseen = set(tok.encode(held_out)) - seen
+    assert unseen  # the trained BPE makes the held-out words of pieces the training states never use
+    words = data.spelled_words(tok)
+    shown = {i for w in words for i in tok.encode(" " + w) + tok.encode("\t" + w + "\n")}
+    assert unseen <= shown and not any(c.isspace() for w in words for c in w)
+    pool = data.renaming_words(tok, [data.Transition(states[0], states[0], "look", 0)])
+    assert pool[:4] == ["In", "This", "a", "called"] and pool[-len(words):] == words
+
+
 def test_pretraining_on_renamed_pairs(monkeypatch):
     """rename > 0: every pretraining example is its pair renamed (a new renaming each), with words
-    drawn from the pairs' own states, at the configured probability."""
+    drawn from the pairs' own states and spelled_words (data.renaming_words), at the configured probability."""
     _, scfg, codec, new, lab, val, unl, _ = tiny_toy(pretrain_steps=1, rename=0.5)
     calls = spy_sft(monkeypatch)
     seen = []
@@ -910,7 +927,7 @@ def test_pretraining_on_renamed_pairs(monkeypatch):
     ((_, examples, _, _),) = calls
     pairs = [t for t in unl for _ in range(swirl.PRETRAIN_WORDS_PER_PAIR)]
     assert [texts for texts, _, _ in seen] == [(t.x, t.y) for t in pairs]
-    assert {p for _, p, _ in seen} == {0.5} and seen[0][2] == {w for t in unl for s in (t.x, t.y) for w in s.split()}
+    assert {p for _, p, _ in seen} == {0.5} and seen[0][2] == set(data.renaming_words(codec.tok, unl))
     assert [target for _, target in examples] == [data.completion(codec.tok, t.y.lower()) for t in pairs]
 
 
@@ -918,12 +935,12 @@ def test_sft_adds_renamed_triples_to_the_fwm_only(monkeypatch):
     """rename > 0: the FWM's SFT sees every labelled triple, then each once more renamed alike in x, y and
     the action; the IDM's SFT sees the real triples only. rename = 0 adds nothing."""
     _, scfg, codec, new, lab, val, _, _ = tiny_toy(rename=1.0)
-    words = sorted({w for t in lab for s in (t.x, t.y) for w in s.split()})
-    copies = swirl.renamed_copies(lab, 1.0, random.Random(0))
+    words = data.renaming_words(codec.tok, lab)
+    copies = swirl.renamed_copies(lab, 1.0, words, random.Random(0))
     assert [(c.episode, c.source) for c in copies] == [(t.episode, t.source) for t in lab]
     assert [data.renamed((t.x, t.y, t.action), words, 1.0, random.Random(0)) for t in lab[:1]] == \
         [(copies[0].x, copies[0].y, copies[0].action)]
-    expected = {1.0: [codec.fwm_example(c.x, c.action, c.y) for c in swirl.renamed_copies(lab, 1.0, random.Random(0))],
+    expected = {1.0: [codec.fwm_example(c.x, c.action, c.y) for c in swirl.renamed_copies(lab, 1.0, words, random.Random(0))],
                 0.0: []}
     for p in (1.0, 0.0):
         calls = spy_sft(monkeypatch)

@@ -86,7 +86,8 @@ class LLMConfig:
 #   - the FWM from scratch is first pretrained on the unlabelled pairs, the action unknown (swirl.pretrain_fwm):
 #     it stands in for a pretrained LLM's ability to copy a state; (CPU preset) the IDM starts from it as well
 #     (swirl.SwirlConfig.idm_from_pretrained), as the paper's two roles start from one LLM;
-#   - (CPU preset) that pretraining renames the pairs' words at random (data.renamed), the FWM's SFT sees each
+#   - (CPU preset) that pretraining renames the pairs' words at random (data.renamed; to state words or made-up
+#     words that spell out each token, data.renaming_words), the FWM's SFT sees each
 #     labelled triple renamed as well (swirl.renamed_copies), and x sits in a slot of fixed length
 #     (data.in_slot): without these, its small FWM learned the training states by heart and never copied a
 #     held-out one (NOTES.md, "A state slot", "Renamed triples in SFT"); and (CPU preset) rotary positions
