@@ -303,8 +303,10 @@ def spelled_words(tok):
     A tokeniser trained on the training states makes most training words one token each; a word that only
     a held-out variation has ("tortoise", "platinum") is written with sub-word tokens that no training state
     uses, so a small FWM never sees them copied, and where x has one its copy slips there (NOTES.md,
-    "Spelled words in the renamings"). Renaming with these words shows every such token in a copy (after a
-    space, a tab or inside a word, as BPE splits it); one token each, so a renamed state is no longer."""
+    "Spelled words in the renamings"). Renaming with these words shows such tokens in a copy, but only where
+    BPE writes the word as that token: a word's first piece after a space, a piece that continues a word only
+    after a tab (a line's first word), so those are shown far less often. Mostly one token each, so a
+    renamed state is not longer than a real one."""
     pieces = (tok.decode([i]).strip() for i in range(tok.n_text))
     return [p for p in pieces if p and p.isprintable() and "\ufffd" not in p and not any(c.isspace() for c in p)]
 
