@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from common import all_reduce_grads, format_row, format_samples, format_stats, rank_and_processes
-from data import Transition, collate, completion, renamed, renaming_words, with_action
+from data import Transition, collate, completion, renamed, renaming_words, with_action, word_endings
 from grpo import GRPOConfig, grpo_step
 from model import copy_model, generate, span_logprobs
 
@@ -395,11 +395,11 @@ def pretrain_fwm(fwm, codec, labelled, pairs, cfg, rng):
     learned by heart before a small model learns to copy, and then it recites the rooms it knows instead of the
     one in x; renamed pairs cannot be recited (NOTES.md, "A state slot")."""
     words = [t.action for t in labelled]
-    vocab = renaming_words(codec.tok, pairs) if cfg.rename else []
+    vocab, endings = (renaming_words(codec.tok, pairs), word_endings(codec.tok)) if cfg.rename else ([], [])
     examples = []
     for t in pairs:
         for _ in range(PRETRAIN_WORDS_PER_PAIR):
-            x, y = renamed((t.x, t.y), vocab, cfg.rename, rng) if cfg.rename else (t.x, t.y)
+            x, y = renamed((t.x, t.y), vocab, cfg.rename, rng, endings) if cfg.rename else (t.x, t.y)
             examples.append(codec.fwm_example(x, rng.choice(words), y, t.source))
     sft(fwm, examples, None, cfg, rng, steps=cfg.pretrain_steps, desc="pretrain FWM")
 
@@ -410,7 +410,8 @@ def warm_start(fwm, idm, codec, labelled, val, cfg, rng, steps=None, desc="sft")
     fine-tuned at cfg.finetune_lr, as pretrained models are; sft_lr is the rate for learning from scratch.
     Returns (update steps taken, {role: optimiser}) (the optimisers go into checkpoints)."""
     if cfg.rename:
-        fwm_data = labelled + renamed_copies(labelled, cfg.rename, renaming_words(codec.tok, labelled), rng)
+        words = renaming_words(codec.tok, labelled)
+        fwm_data = labelled + renamed_copies(labelled, cfg.rename, words, rng, word_endings(codec.tok))
     else:
         fwm_data = labelled
     fwm_ex = [codec.fwm_example(t.x, t.action, t.y, t.source) for t in fwm_data]
@@ -424,14 +425,15 @@ def warm_start(fwm, idm, codec, labelled, val, cfg, rng, steps=None, desc="sft")
     return n_fwm + n_idm, {"fwm": opt_fwm, "idm": opt_idm}
 
 
-def renamed_copies(transitions, p, words, rng):
+def renamed_copies(transitions, p, words, rng, endings=()):
     """Each labelled transition once more, its words renamed at random alike in x, y and the action
     (data.renamed, words drawn from `words`: data.renaming_words): the same change, in words that cannot be
     recited. The FWM's SFT on the real triples alone drifts back to reciting the training rooms; with these
     beside them it keeps copying x (NOTES.md, "Renamed triples in SFT"). Their price: it also learns to leave
     the action alone, and writes no change, even on its training triples (NOTES.md, "The renamed SFT copies
     ..."). Not the IDM's: in a probe they did not help it read held-out actions."""
-    return [Transition(*renamed((t.x, t.y, t.action), words, p, rng), t.episode, t.source) for t in transitions]
+    return [Transition(*renamed((t.x, t.y, t.action), words, p, rng, endings), t.episode, t.source)
+            for t in transitions]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -894,6 +894,27 @@ def test_renamed_pairs_rename_alike_and_keep_the_layout():
     assert data.renamed((x, y), words, 0.5, random.Random(3)) == data.renamed((x, y), words, 0.5, random.Random(3))
 
 
+def test_renamed_words_get_random_endings():
+    """endings: about ENDING_P of the new words get one, any ending after any word (so an ending cannot be
+    guessed from the word before it), alike in every text; word_endings are the tokens that continue a word."""
+    x = " ".join(f"w{i}" for i in range(400))
+    words, endings = ["cat", "dog", "owl"], ["ar", "um", "ge"]
+    rx, ry = data.renamed((x, x), words, 1.0, random.Random(0), endings)
+    assert rx == ry
+    new = rx.split()
+    assert all(w in words or (w[:3] in words and w[3:] in endings) for w in new)
+    ended = [w for w in new if w not in words]
+    assert abs(len(ended) / len(new) - data.ENDING_P) < 0.06 and {(w[:3], w[3:]) for w in ended} == \
+        {(w, e) for w in words for e in endings}
+    assert data.word_endings(data.byte_tokenizer()) == [chr(c) for c in range(33, 127)]
+    states = ["This room is called the kitchen. In it, you see:\n\ta fridge\n\ta peach\n\ta plate"] * 20
+    tok = data.bpe_tokenizer(states, 400)
+    pieces = [tok.decode([i]) for i in tok.encode(" tortoise platinum")]
+    inner = [p for p in pieces if not p.startswith(" ")]
+    assert inner and set(inner) <= set(data.word_endings(tok))  # the held-out words' inner pieces
+    assert not any(c.isspace() for e in data.word_endings(tok) for c in e)
+
+
 def test_spelled_words_spell_every_printable_token():
     """By hand for bytes: one word per printable non-space ASCII character. On a BPE trained on a few
     states, a held-out word is written with tokens no training state uses; the spelled words show them."""
@@ -918,8 +939,9 @@ def test_pretraining_on_renamed_pairs(monkeypatch):
     calls = spy_sft(monkeypatch)
     seen = []
 
-    def fake_renamed(texts, words, p, rng):
+    def fake_renamed(texts, words, p, rng, endings=()):
         seen.append((texts, p, set(words)))
+        assert endings == data.word_endings(codec.tok)
         return tuple(text.lower() for text in texts)
 
     monkeypatch.setattr(swirl, "renamed", fake_renamed)
@@ -935,13 +957,12 @@ def test_sft_adds_renamed_triples_to_the_fwm_only(monkeypatch):
     """rename > 0: the FWM's SFT sees every labelled triple, then each once more renamed alike in x, y and
     the action; the IDM's SFT sees the real triples only. rename = 0 adds nothing."""
     _, scfg, codec, new, lab, val, _, _ = tiny_toy(rename=1.0)
-    words = data.renaming_words(codec.tok, lab)
-    copies = swirl.renamed_copies(lab, 1.0, words, random.Random(0))
+    words, endings = data.renaming_words(codec.tok, lab), data.word_endings(codec.tok)
+    copies = swirl.renamed_copies(lab, 1.0, words, random.Random(0), endings)
     assert [(c.episode, c.source) for c in copies] == [(t.episode, t.source) for t in lab]
-    assert [data.renamed((t.x, t.y, t.action), words, 1.0, random.Random(0)) for t in lab[:1]] == \
+    assert [data.renamed((t.x, t.y, t.action), words, 1.0, random.Random(0), endings) for t in lab[:1]] == \
         [(copies[0].x, copies[0].y, copies[0].action)]
-    expected = {1.0: [codec.fwm_example(c.x, c.action, c.y) for c in swirl.renamed_copies(lab, 1.0, words, random.Random(0))],
-                0.0: []}
+    expected = {1.0: [codec.fwm_example(c.x, c.action, c.y) for c in copies], 0.0: []}
     for p in (1.0, 0.0):
         calls = spy_sft(monkeypatch)
         swirl.warm_start(new(), new(), codec, lab, val, swirl.replace(scfg, rename=p), random.Random(0), steps=1)

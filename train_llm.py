@@ -92,7 +92,8 @@ class LLMConfig:
 #     (data.in_slot): without these, its small FWM learned the training states by heart and never copied a
 #     held-out one (NOTES.md, "A state slot", "Renamed triples in SFT"); and (CPU preset) rotary positions
 #     (model.GPTConfig.rope): with x in a slot, y's i-th token is one distance after x's i-th, which rotary
-#     attention sees as one rule for every position (NOTES.md, "Rotary positions");
+#     attention sees as one rule for every position (NOTES.md, "Rotary positions"); and a context of 1,280
+#     tokens, as renamed states are longer than real ones (data.ENDING_P; with rotary positions it adds no weight);
 #   - Dr. GRPO advantages (r - mean, no division by the group's std, scale_rewards=False): the rewards are
 #     mean log-likelihoods of long states that differ by hundredths of a nat within a group, and dividing by
 #     that std pushes their noise at full size (NOTES.md, "The toy's world through the text path").
@@ -102,9 +103,10 @@ PRESETS = {
     "gpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=2000, sft_lr=6e-4, sft_batch=32, sft_max_steps=5000,
                 sft_eval_every=250, steps_per_phase=0, prompts_per_step=8, group_size=16, lr=5e-5, micro_batch=64),
     "cpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=1000, idm_from_pretrained=True, rename=0.5,
-                state_slot=True, rope=True, n_layer=2, n_head=4, n_embd=128, device="cpu", dtype="float32",
-                max_eval=48, sft_lr=3e-3, sft_batch=16, sft_max_steps=250, sft_eval_every=50, sft_patience=2,
-                iterations=1, lr_warmup=0, steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2"),
+                state_slot=True, rope=True, block_size=1280, n_layer=2, n_head=4, n_embd=128, device="cpu",
+                dtype="float32", max_eval=48, sft_lr=3e-3, sft_batch=16, sft_max_steps=250, sft_eval_every=50,
+                sft_patience=2, iterations=1, lr_warmup=0, steps_per_phase=6, prompts_per_step=4, group_size=4,
+                best_of="2"),
 }
 
 METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_bleu", "fwm_rougeL"]
