@@ -400,7 +400,7 @@ def pretrain_fwm(fwm, codec, labelled, pairs, cfg, rng):
     for t in pairs:
         for _ in range(PRETRAIN_WORDS_PER_PAIR):
             x, y = renamed((t.x, t.y), vocab, cfg.rename, rng, endings) if cfg.rename else (t.x, t.y)
-            examples.append(codec.fwm_example(x, rng.choice(words), y, t.source))
+            examples.append(codec.fwm_example(x, rng.choice(words), y, renamed_source(t) if cfg.rename else t.source))
     sft(fwm, examples, None, cfg, rng, steps=cfg.pretrain_steps, desc="pretrain FWM")
 
 
@@ -432,8 +432,14 @@ def renamed_copies(transitions, p, words, rng, endings=()):
     beside them it keeps copying x (NOTES.md, "Renamed triples in SFT"). Their price: it also learns to leave
     the action alone, and writes no change, even on its training triples (NOTES.md, "The renamed SFT copies
     ..."). Not the IDM's: in a probe they did not help it read held-out actions."""
-    return [Transition(*renamed((t.x, t.y, t.action), words, p, rng, endings), t.episode, t.source)
+    return [Transition(*renamed((t.x, t.y, t.action), words, p, rng, endings), t.episode, renamed_source(t))
             for t in transitions]
+
+
+def renamed_source(t):
+    """Where a renamed copy of t comes from, for an error about its length: a renamed state can be longer than
+    the real one (data.ENDING_P), so the fix may be --block_size though the real transition fits."""
+    return f"{t.source} (renamed, --rename)"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -959,7 +959,7 @@ def test_sft_adds_renamed_triples_to_the_fwm_only(monkeypatch):
     _, scfg, codec, new, lab, val, _, _ = tiny_toy(rename=1.0)
     words, endings = data.renaming_words(codec.tok, lab), data.word_endings(codec.tok)
     copies = swirl.renamed_copies(lab, 1.0, words, random.Random(0), endings)
-    assert [(c.episode, c.source) for c in copies] == [(t.episode, t.source) for t in lab]
+    assert [(c.episode, c.source) for c in copies] == [(t.episode, f"{t.source} (renamed, --rename)") for t in lab]
     assert [data.renamed((t.x, t.y, t.action), words, 1.0, random.Random(0), endings) for t in lab[:1]] == \
         [(copies[0].x, copies[0].y, copies[0].action)]
     expected = {1.0: [codec.fwm_example(c.x, c.action, c.y) for c in copies], 0.0: []}
