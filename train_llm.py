@@ -87,9 +87,9 @@ class LLMConfig:
 #     it stands in for a pretrained LLM's ability to copy a state; (CPU preset) the IDM starts from it as well
 #     (swirl.SwirlConfig.idm_from_pretrained), as the paper's two roles start from one LLM;
 #   - (CPU preset) that pretraining renames the pairs' words at random (data.renamed; to state words or made-up
-#     words that spell out each token, data.renaming_words), the FWM's SFT sees each
-#     labelled triple renamed as well (swirl.renamed_copies), and x sits in a slot of fixed length
-#     (data.in_slot): without these, its small FWM learned the training states by heart and never copied a
+#     words that spell out each token, data.renaming_words, one in four with a random ending, data.word_endings),
+#     the FWM's SFT sees each labelled triple renamed as well (swirl.renamed_copies), and x sits in a slot of
+#     fixed length (data.in_slot): without these, its small FWM learned the training states by heart and never copied a
 #     held-out one (NOTES.md, "A state slot", "Renamed triples in SFT"); and (CPU preset) rotary positions
 #     (model.GPTConfig.rope): with x in a slot, y's i-th token is one distance after x's i-th, which rotary
 #     attention sees as one rule for every position (NOTES.md, "Rotary positions"); and a context of 1,280
