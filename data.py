@@ -323,10 +323,10 @@ def spelled_words(tok):
 
 def word_endings(tok):
     """The text of each printable token of tok with no space in front: a piece that continues a word ("ar" of
-    " sugar", "um" of "platinum") or punctuation. renamed puts one, drawn at random, after some new words. Drawn at random, not each with a start of its
-    own: with one fixed start per piece (" she" + "ar") the FWM learned to guess the piece from the start,
-    and copied such pieces of held-out words with a mean probability of 0.15 to 0.50 (NOTES.md, "Random
-    endings")."""
+    " sugar", "um" of "platinum") or punctuation. renamed puts one, drawn at random, after some new words.
+    Drawn at random, not each with a start of its own: with one fixed start per piece (" she" + "ar") the FWM
+    learned to guess the piece from the start, and copied such pieces of held-out words with a mean
+    probability of 0.15 to 0.50 (NOTES.md, "Random endings")."""
     return [p for p in (tok.decode([i]) for i in range(tok.n_text)) if plain(p)]
 
 

@@ -399,8 +399,11 @@ def pretrain_fwm(fwm, codec, labelled, pairs, cfg, rng):
     examples = []
     for t in pairs:
         for _ in range(PRETRAIN_WORDS_PER_PAIR):
-            x, y = renamed((t.x, t.y), vocab, cfg.rename, rng, endings) if cfg.rename else (t.x, t.y)
-            examples.append(codec.fwm_example(x, rng.choice(words), y, renamed_source(t) if cfg.rename else t.source))
+            if cfg.rename:
+                (x, y), source = renamed((t.x, t.y), vocab, cfg.rename, rng, endings), renamed_source(t)
+            else:
+                (x, y), source = (t.x, t.y), t.source
+            examples.append(codec.fwm_example(x, rng.choice(words), y, source))
     sft(fwm, examples, None, cfg, rng, steps=cfg.pretrain_steps, desc="pretrain FWM")
 
 
@@ -425,7 +428,7 @@ def warm_start(fwm, idm, codec, labelled, val, cfg, rng, steps=None, desc="sft")
     return n_fwm + n_idm, {"fwm": opt_fwm, "idm": opt_idm}
 
 
-def renamed_copies(transitions, p, words, rng, endings=()):
+def renamed_copies(transitions, p, words, rng, endings):
     """Each labelled transition once more, its words renamed at random alike in x, y and the action
     (data.renamed, words drawn from `words`: data.renaming_words): the same change, in words that cannot be
     recited. The FWM's SFT on the real triples alone drifts back to reciting the training rooms; with these

@@ -89,11 +89,11 @@ class LLMConfig:
 #   - (CPU preset) that pretraining renames the pairs' words at random (data.renamed; to state words or made-up
 #     words that spell out each token, data.renaming_words, one in four with a random ending, data.word_endings),
 #     the FWM's SFT sees each labelled triple renamed as well (swirl.renamed_copies), and x sits in a slot of
-#     fixed length (data.in_slot): without these, its small FWM learned the training states by heart and never copied a
-#     held-out one (NOTES.md, "A state slot", "Renamed triples in SFT"); and (CPU preset) rotary positions
+#     fixed length (data.in_slot): without these, its small FWM learned the training states by heart and never
+#     copied a held-out one (NOTES.md, "A state slot", "Renamed triples in SFT"); and (CPU preset) rotary positions
 #     (model.GPTConfig.rope): with x in a slot, y's i-th token is one distance after x's i-th, which rotary
 #     attention sees as one rule for every position (NOTES.md, "Rotary positions"); and a context of 1,280
-#     tokens, as renamed states are longer than real ones (data.ENDING_P; with rotary positions it adds no weight);
+#     tokens, as renamed states are longer than real ones (data.ENDING_P; rotary positions add no weight for it);
 #   - Dr. GRPO advantages (r - mean, no division by the group's std, scale_rewards=False): the rewards are
 #     mean log-likelihoods of long states that differ by hundredths of a nat within a group, and dividing by
 #     that std pushes their noise at full size (NOTES.md, "The toy's world through the text path").
