@@ -58,6 +58,7 @@ class SwirlConfig:
     sft_max_steps: int = 6000  # a cap, and the cosine's horizon; early stopping should end SFT well before it
     sft_eval_every: int = 250  # steps between checks on the held-out labelled split
     sft_patience: int = 4  # checks without improvement before early stopping
+    idm_sft_max_steps: int = 0  # the IDM's own cap (and cosine horizon) when > 0; 0: sft_max_steps for both roles
     pretrain_steps: int = 0  # state-only pretraining of the FWM before SFT (see pretrain_fwm); 0: none
     rename: float = 0.0  # renamed transitions (data.renamed, data.renaming_words): each word renamed with this
     # probability, in every pretraining pair (pretrain_fwm) and in one more copy of each FWM SFT triple (renamed_copies)
@@ -323,7 +324,8 @@ def sft(model, examples, val_score, cfg, rng, steps=None, desc="sft"):
                 break
     if steps is None and rank_and_processes()[0] == 0:
         # early stopping should end SFT; if the cap did, the model may still have been learning
-        how = "early stopping" if since_best >= cfg.sft_patience else "the sft_max_steps cap: raise it"
+        cap = "the step cap (--sft_max_steps; the IDM's: --idm_sft_max_steps): raise it"
+        how = "early stopping" if since_best >= cfg.sft_patience else cap
         print(f"{desc}: stopped at step {step} by {how}; kept step {best.step} (best held-out score)")
     best.restore()
     return step, opt
@@ -420,11 +422,12 @@ def warm_start(fwm, idm, codec, labelled, val, cfg, rng, steps=None, desc="sft")
     fwm_ex = [codec.fwm_example(t.x, t.action, t.y, t.source) for t in fwm_data]
     idm_ex = [codec.idm_example(t.x, t.y, t.action, t.source) for t in labelled]
     fwm_cfg = replace(cfg, sft_lr=cfg.finetune_lr) if cfg.pretrain_steps else cfg
+    idm_cfg = replace(cfg, sft_max_steps=cfg.idm_sft_max_steps) if cfg.idm_sft_max_steps else cfg
     if fwm is idm:
         n, opt = sft(fwm, fwm_ex + idm_ex, val_scorer(codec, val, "both"), fwm_cfg, rng, steps, desc)
         return n, {"shared": opt}
     n_fwm, opt_fwm = sft(fwm, fwm_ex, val_scorer(codec, val, "fwm"), fwm_cfg, rng, steps, desc + " FWM")
-    n_idm, opt_idm = sft(idm, idm_ex, val_scorer(codec, val, "idm"), cfg, rng, steps, desc + " IDM")
+    n_idm, opt_idm = sft(idm, idm_ex, val_scorer(codec, val, "idm"), idm_cfg, rng, steps, desc + " IDM")
     return n_fwm + n_idm, {"fwm": opt_fwm, "idm": opt_idm}
 
 

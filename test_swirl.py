@@ -833,7 +833,7 @@ def test_sft_early_stopping_keeps_the_best_weights_and_says_what_ended_it(capsys
     assert "stopped at step 4 by early stopping; kept step 2" in capsys.readouterr().out
     rising = iter([(float(i),) for i in range(20)])  # never stops improving: the cap ends it, and says so
     steps, _ = swirl.sft(new(), ex, lambda m: next(rising), swirl.replace(scfg, sft_max_steps=3), random.Random(0))
-    assert steps == 3 and "stopped at step 3 by the sft_max_steps cap" in capsys.readouterr().out
+    assert steps == 3 and "stopped at step 3 by the step cap (--sft_max_steps" in capsys.readouterr().out
 
 
 def spy_sft(monkeypatch):
@@ -969,6 +969,16 @@ def test_sft_adds_renamed_triples_to_the_fwm_only(monkeypatch):
         (_, fwm_ex, _, _), (_, idm_ex, _, _) = calls
         assert fwm_ex == [codec.fwm_example(t.x, t.action, t.y) for t in lab] + expected[p]
         assert idm_ex == [codec.idm_example(t.x, t.y, t.action) for t in lab]
+
+
+def test_the_idm_has_a_step_cap_of_its_own():
+    """idm_sft_max_steps > 0: the IDM's SFT runs to that cap and the FWM's to sft_max_steps (no checks here,
+    so each runs to its cap); 0: sft_max_steps for both."""
+    _, scfg, codec, new, lab, val, _, _ = tiny_toy()
+    scfg = swirl.replace(scfg, sft_max_steps=2, sft_eval_every=0)
+    for idm_cap, total in ((3, 2 + 3), (0, 2 + 2)):
+        cfg = swirl.replace(scfg, idm_sft_max_steps=idm_cap)
+        assert swirl.warm_start(new(), new(), codec, lab, val, cfg, random.Random(0))[0] == total
 
 
 def test_idm_from_pretrained_starts_the_idm_from_the_pretrained_fwm(monkeypatch):

@@ -104,9 +104,9 @@ PRESETS = {
                 sft_eval_every=250, steps_per_phase=0, prompts_per_step=8, group_size=16, lr=5e-5, micro_batch=64),
     "cpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=1000, idm_from_pretrained=True, rename=0.5,
                 state_slot=True, rope=True, block_size=1280, n_layer=2, n_head=4, n_embd=128, device="cpu",
-                dtype="float32", max_eval=48, sft_lr=3e-3, sft_batch=16, sft_max_steps=250, sft_eval_every=50,
-                sft_patience=2, iterations=1, lr_warmup=0, steps_per_phase=6, prompts_per_step=4, group_size=4,
-                best_of="2"),
+                dtype="float32", max_eval=48, sft_lr=3e-3, sft_batch=16, sft_max_steps=250, idm_sft_max_steps=500,
+                sft_eval_every=50, iterations=1, lr_warmup=0, steps_per_phase=6, prompts_per_step=4,
+                group_size=4, best_of="2"),
 }
 
 METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_bleu", "fwm_rougeL"]
