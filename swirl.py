@@ -58,7 +58,7 @@ class SwirlConfig:
     sft_max_steps: int = 6000  # a cap, and the cosine's horizon; early stopping should end SFT well before it
     sft_eval_every: int = 250  # steps between checks on the held-out labelled split
     sft_patience: int = 4  # checks without improvement before early stopping
-    idm_sft_max_steps: int = 0  # the IDM's own cap (and cosine horizon) when > 0; 0: sft_max_steps for both roles
+    idm_sft_max_steps: int = 0  # > 0: the IDM's own cap and cosine horizon (two models); 0: sft_max_steps for both
     pretrain_steps: int = 0  # state-only pretraining of the FWM before SFT (see pretrain_fwm); 0: none
     rename: float = 0.0  # renamed transitions (data.renamed, data.renaming_words): each word renamed with this
     # probability, in every pretraining pair (pretrain_fwm) and in one more copy of each FWM SFT triple (renamed_copies)
