@@ -422,10 +422,10 @@ def warm_start(fwm, idm, codec, labelled, val, cfg, rng, steps=None, desc="sft")
     fwm_ex = [codec.fwm_example(t.x, t.action, t.y, t.source) for t in fwm_data]
     idm_ex = [codec.idm_example(t.x, t.y, t.action, t.source) for t in labelled]
     fwm_cfg = replace(cfg, sft_lr=cfg.finetune_lr) if cfg.pretrain_steps else cfg
-    idm_cfg = replace(cfg, sft_max_steps=cfg.idm_sft_max_steps) if cfg.idm_sft_max_steps else cfg
     if fwm is idm:
         n, opt = sft(fwm, fwm_ex + idm_ex, val_scorer(codec, val, "both"), fwm_cfg, rng, steps, desc)
         return n, {"shared": opt}
+    idm_cfg = replace(cfg, sft_max_steps=cfg.idm_sft_max_steps) if cfg.idm_sft_max_steps else cfg
     n_fwm, opt_fwm = sft(fwm, fwm_ex, val_scorer(codec, val, "fwm"), fwm_cfg, rng, steps, desc + " FWM")
     n_idm, opt_idm = sft(idm, idm_ex, val_scorer(codec, val, "idm"), idm_cfg, rng, steps, desc + " IDM")
     return n_fwm + n_idm, {"fwm": opt_fwm, "idm": opt_idm}
