@@ -4,6 +4,7 @@ bench.py: speed, printed as ratios on a CPU, and the GPU check on a CUDA machine
     python bench.py               # CPU: the KV cache's speed-up, and a GRPO step before/after the fast paths
     python bench.py --gpu         # CUDA: the GPU check below, each figure next to its goal, PASS or FAIL
     python bench.py --gpu --small # the same check at toy sizes (the test suite runs it on the CPU)
+    python bench.py --toy         # one seed of train_toy.py, its seconds split by part (any toy option may follow)
 
 Ratios first. "cache" samples the same prompts with and without the KV cache, from the same generator, and
 checks both wrote the same tokens. "grpo step" times one GRPO step (sample a group, reward it, reference
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from data import collate, make_codec
 from grpo import GRPOConfig, grpo_step
+import swirl
 from model import GPT, GPTConfig, generate, span_logprobs
 
 SETTINGS = {
@@ -308,11 +310,83 @@ def tiny_text_data(out_dir):
             "--group_size=2", "--confidence=0.0", "--pretrain_steps=10"]
 
 
+# ----------------------------------------------------------------------------------------------------
+# Where one toy seed's time goes
+
+
+# the stages of a run (outer parts) and what they spend their time on (inner parts), as swirl names them
+OUTER = {"pretrain_fwm": "pretraining", "warm_start": "SFT", "phase_fwm": "phase I", "phase_idm": "phase II",
+         "evaluate": "evaluation", "pseudo_label": "Bootstrap's labels"}
+INNER = {"sample_completions": "sampling", "mean_logprob": "rewards and scores",
+         "policy_update": "GRPO updates", "infer_actions": "the IDM's greedy actions", "check": "held-out checks"}
+
+
+def toy_parts(options):
+    """Run one toy seed (`python train_toy.py` with these options) with a clock on each of swirl's parts.
+    Returns (wall seconds, {(outer, inner): [seconds, calls]}), inner "all" for an outer part's whole time.
+    A warm start is named by its desc (sft, bootstrap, sft_continue, oracle). An inner part is counted
+    only where no other inner part is running, so inner times add up to at most their outer part's."""
+    import train_toy  # an entry point, imported here only: the other modes need nothing of the toy
+
+    times, stack, inner_busy = {}, [], []
+
+    def clocked(fn, name, outer):
+        def wrapper(*args, **kw):
+            label = (f"SFT: {kw.get('desc', 'sft')}" if name == "warm_start" else OUTER[name]) if outer else INNER[name]
+            key = (label, "all") if outer else ((stack[-1] if stack else "-"), label)
+            counted = outer or not inner_busy
+            (stack if outer else inner_busy).append(label)
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                (stack if outer else inner_busy).pop()
+                if counted:
+                    entry = times.setdefault(key, [0.0, 0])
+                    entry[0] += time.perf_counter() - t0
+                    entry[1] += 1
+        return wrapper
+
+    saved = {name: getattr(swirl, name) for name in [*OUTER, *INNER] if name != "check"}
+    saved_check = swirl.BestWeights.check
+    try:
+        for name, fn in saved.items():
+            setattr(swirl, name, clocked(fn, name, name in OUTER))
+        swirl.BestWeights.check = clocked(saved_check, "check", False)
+        t0 = time.perf_counter()
+        train_toy.main(["--samples=0", *options])
+        wall = time.perf_counter() - t0
+    finally:
+        for name, fn in saved.items():
+            setattr(swirl, name, fn)
+        swirl.BestWeights.check = saved_check
+    return wall, times
+
+
+def toy_profile(options):
+    wall, times = toy_parts(options)
+    print(f"\none toy seed ({' '.join(options) or 'the defaults'}) on {torch.get_num_threads()} thread(s): "
+          f"{wall:.1f} s; each part's seconds and share of the run")
+    outers = sorted({o for o, i in times if i == "all"}, key=lambda o: -times[(o, "all")][0])
+    for outer in outers:
+        seconds, calls = times[(outer, "all")]
+        print(f"  {outer:28s} {seconds:7.1f} s {seconds / wall:6.1%}  ({calls} call{'s' * (calls > 1)})")
+        for (o, inner), (sec, n) in sorted(times.items(), key=lambda kv: -kv[1][0]):
+            if o == outer and inner != "all":
+                print(f"      {inner:24s} {sec:7.1f} s {sec / wall:6.1%}")
+    rest = wall - sum(times[(o, "all")][0] for o in outers)
+    print(f"  {'the rest (data, tables)':28s} {rest:7.1f} s {rest / wall:6.1%}")
+    return wall, times
+
+
 def main(argv):
+    if argv[:1] == ["--toy"]:
+        toy_profile(argv[1:])
+        return
     known = {"--gpu", "--small", "--device=cpu", "--device=cuda"}
     bad = [a for a in argv if a not in known]
     if bad:
-        sys.exit(f"unknown option(s) {bad}; options: --gpu, --small, --device=cpu|cuda")
+        sys.exit(f"unknown option(s) {bad}; options: --gpu, --small, --device=cpu|cuda, or --toy [toy options]")
     gpu = "--gpu" in argv
     if gpu and not torch.cuda.is_available() and "--small" not in argv:
         sys.exit("--gpu needs a CUDA device (add --small to run the same check at toy sizes on this CPU)")

@@ -4,7 +4,9 @@ common.py: the plumbing every script needs and no reader of the algorithm should
   - command-line options: `--key=value` for any field of the given dataclasses (as nanoGPT's
     configurator.py does, without exec);
   - several processes (torchrun): this process's rank, and averaging gradients over processes;
-  - results: out_dir/results.json, mean +/- std over seeds, markdown tables, a few held-out samples.
+  - results: out_dir/results.json, mean +/- std over seeds, markdown tables, a few held-out samples;
+  - seeds as a paired experiment: each method's gain over SFT on the same seed, its mean, a 95% Student-t
+    interval and the wins out of N (the t quantile computed here, without scipy).
 
 Imports only the standard library and torch, so every other module may import it.
 
@@ -12,6 +14,7 @@ Read next: nothing; come here when a script calls something you want to see.
 """
 
 import json
+import math
 import os
 import sys
 from dataclasses import asdict, fields, is_dataclass
@@ -51,12 +54,15 @@ def convert(value, typ, key):
         sys.exit(f"bad value for --{key}: {value!r} is not a {typ.__name__}")
     if typ is int and converted < 0:  # every int option is a count, a size or a period
         sys.exit(f"bad value for --{key}: {value!r}; it counts something, so it must be 0 or more")
+    if key in AT_LEAST_ONE and converted < 1:
+        sys.exit(f"bad value for --{key}: {value!r}; it must be 1 or more")
     if key in PROBABILITIES and not 0.0 <= converted <= 1.0:
         sys.exit(f"bad value for --{key}: {value!r}; it is a probability, so it must be between 0 and 1")
     return converted
 
 
 PROBABILITIES = {"confidence", "top_p", "rename"}  # options that are probabilities
+AT_LEAST_ONE = {"seeds", "max_draws"}  # counts for which 0 means nothing to run
 
 
 def config_dict(*configs):
@@ -93,12 +99,13 @@ def all_reduce_grads(model):
 # Results: results.json, mean over seeds, tables, samples
 
 
-def write_results(out_dir, config, stages, wall_seconds):
-    """out_dir/results.json, the shape other tools read, written to a temporary file and renamed."""
+def write_results(out_dir, config, stages, wall_seconds, **more):
+    """out_dir/results.json, the shape other tools read, written to a temporary file and renamed.
+    more: further top-level entries (the toy's "seeds", one entry per seed, and "paired")."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
     with open(path + ".tmp", "w") as f:
-        json.dump({"config": config, "wall_seconds": wall_seconds, "stages": stages}, f, indent=1)
+        json.dump({"config": config, "wall_seconds": wall_seconds, "stages": stages, **more}, f, indent=1)
     os.replace(path + ".tmp", path)
 
 
@@ -151,3 +158,62 @@ def format_samples(transitions, inferred_actions, predicted_states):
             f"{'match' if y == t.y else 'MISMATCH'}"
         )
     return "\n\n".join(blocks)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Seeds as a paired experiment: a method's gain over SFT on the same seed (the same data, the same SFT
+# models), so that what varies from seed to seed (how good SFT happened to be) cancels out of the gain
+
+
+def t_critical(df, confidence=0.95):
+    """The t with P(|T| <= t) = confidence for Student's t with df degrees of freedom (12.706 for df = 1,
+    2.262 for df = 9, 1.96 as df grows). Bisection on P(|T| <= t) = 2 * integral_0^t of the t density,
+    the integral by Simpson's rule: a few milliseconds, and no scipy."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def inside(t, n=2000):  # P(|T| <= t), Simpson's rule over [0, t] with n (even) intervals
+        h = t / n
+        density = [math.exp(log_c - (df + 1) / 2 * math.log1p((k * h) ** 2 / df)) for k in range(n + 1)]
+        return 2 * h / 3 * (density[0] + density[-1] + 4 * sum(density[1:-1:2]) + 2 * sum(density[2:-1:2]))
+
+    lo, hi = 0.0, 100.0  # P(|T| <= 100) > 0.99 for every df >= 1
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if inside(mid) < confidence else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_gain(runs, stage, metric, baseline="sft"):
+    """stage's gain over baseline on metric, seed by seed (runs: one list of stages per seed). Returns
+    {"gains", "mean", "lo", "hi", "wins", "ties", "n"}: the 95% interval is mean +/- t * sd / sqrt(n), with
+    the sample sd (n - 1) and t for n - 1 degrees of freedom; lo = hi = None for one seed (no spread)."""
+    gains = []
+    for stages in runs:
+        by_name = {s["stage"]: s for s in stages}
+        gains.append(by_name[stage][metric] - by_name[baseline][metric])
+    n = len(gains)
+    mean = sum(gains) / n
+    lo = hi = None
+    if n > 1:
+        sd = math.sqrt(sum((g - mean) ** 2 for g in gains) / (n - 1))
+        half = t_critical(n - 1) * sd / math.sqrt(n)
+        lo, hi = mean - half, mean + half
+    return {"gains": gains, "mean": mean, "lo": lo, "hi": hi, "wins": sum(g > 0 for g in gains),
+            "ties": sum(g == 0 for g in gains), "n": n}
+
+
+def paired_table(runs, stages, metrics, baseline="sft"):
+    """Markdown table of paired gains over baseline, in points (x 100): mean [95% interval], wins / n.
+    Returns (the table, {stage: {metric: paired_gain}}) for results.json."""
+    head = f"| gain over {baseline} (points) | " + " | ".join(metrics) + " |"
+    rows, out = [head, "|" + "---|" * (len(metrics) + 1)], {}
+    for stage in stages:
+        out[stage] = {m: paired_gain(runs, stage, m, baseline) for m in metrics}
+        cells = []
+        for m in metrics:
+            g = out[stage][m]
+            interval = "" if g["lo"] is None else f" [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"
+            ties = f" ({g['ties']} tied)" if g["ties"] else ""
+            cells.append(f"{100 * g['mean']:+.1f}{interval}, {g['wins']}/{g['n']} up{ties}")
+        rows.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(rows), out

@@ -7,7 +7,7 @@ beat their group. The choices made here, and why:
 
   - Advantage A_i = (r_i - mean(r_group)) / (std(r_group) + eps), the same for every token of
     completion i. The std is the population std (so a group of size 1 has std 0, not NaN), and a
-    group whose std is below `std_floor` gets exactly zero advantage: its rewards are equal up to
+    group whose std is below `STD_FLOOR` gets exactly zero advantage: its rewards are equal up to
     float noise, and dividing noise by a tiny std would turn it into a huge, random push.
     `scale_rewards=False` gives Dr. GRPO's A_i = r_i - mean (no std division).
   - Loss per token: -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A) + beta * KL_k3, with
@@ -49,7 +49,15 @@ class GRPOConfig:
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")
 
 
-def group_advantages(rewards, group_size, scale_rewards=True, eps=1e-4, std_floor=1e-6):
+STD_FLOOR = 1e-6  # a group's rewards whose std is below this are equal (float noise): no signal
+
+
+def has_signal(rewards, group_size):
+    """rewards: (num_prompts * G,) laid out prompt by prompt -> (num_prompts,) bool: the group's rewards differ."""
+    return rewards.float().view(-1, group_size).std(dim=1, unbiased=False) >= STD_FLOOR
+
+
+def group_advantages(rewards, group_size, scale_rewards=True, eps=1e-4):
     """rewards: (num_prompts * G,) laid out prompt by prompt -> advantages of the same shape."""
     if rewards.numel() % group_size != 0:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
@@ -59,7 +67,7 @@ def group_advantages(rewards, group_size, scale_rewards=True, eps=1e-4, std_floo
     adv = r - mean
     if scale_rewards:
         adv = adv / (std + eps)
-    adv = torch.where(std < std_floor, torch.zeros_like(adv), adv)  # equal rewards: no signal at all
+    adv = torch.where(has_signal(rewards, group_size).unsqueeze(1), adv, torch.zeros_like(adv))  # equal: no signal
     return adv.view(-1)  # (P * G,)
 
 
@@ -133,7 +141,7 @@ def grpo_step(policy, reference, optimizer, logprobs_fn, rewards, mask, group_si
     stats = {
         "reward": float(r.mean()),
         "reward_std": float(r.std(dim=1, unbiased=False).mean()),
-        "zero_std_frac": float((r.std(dim=1, unbiased=False) < 1e-6).float().mean()),
+        "zero_std_frac": 1 - float(has_signal(rewards, group_size).float().mean()),
     }
     policy.train()
     for _ in range(cfg.mu):

@@ -27,6 +27,9 @@ Simplifications, and why:
   - One fresh AdamW per phase; a fixed number of GRPO steps per phase, each on `prompts_per_step`
     random unlabelled pairs with `group_size` samples each (the paper's "one epoch per phase" becomes
     "steps_per_phase" so a run's cost is known in advance).
+  - Optional (max_draws > 1; the toy's default): DAPO's dynamic sampling. A group whose G rewards are
+    equal teaches nothing, so a step draws more prompts until prompts_per_step groups have a reward
+    spread, up to max_draws batches (groups_with_signal).
   - Optional (phase_eval_every > 0; the toy's default): each phase keeps its best weights on the held-out
     labelled split, the same selection that early stopping gives SFT and Bootstrap (BestWeights).
 
@@ -44,7 +47,7 @@ from tqdm import tqdm
 
 from common import all_reduce_grads, format_row, format_samples, format_stats, rank_and_processes
 from data import Transition, collate, completion, renamed, renaming_words, with_action, word_endings
-from grpo import GRPOConfig, grpo_step
+from grpo import GRPOConfig, grpo_step, has_signal
 from model import copy_model, generate, span_logprobs
 
 
@@ -74,6 +77,8 @@ class SwirlConfig:
     # phase's best weights (the start included), as early stopping keeps SFT's; sft_continue then checks as
     # often. 0: each phase ends at its last step, as in the paper
     prompts_per_step: int = 16  # real pairs (x, y) per GRPO step
+    max_draws: int = 1  # DAPO's dynamic sampling (groups_with_signal): up to this many batches of prompts_per_step
+    # prompts drawn per step until prompts_per_step groups have a reward spread; 1: plain GRPO, as the paper
     group_size: int = 8  # G: samples per prompt
     lr: float = 1e-4  # GRPO learning rate (peak)
     lr_schedule: str = "constant"  # over each phase's steps: "constant", or "cosine" (to 0, the paper's)
@@ -169,10 +174,8 @@ def phase_fwm(fwm, idm, ref_fwm, codec, pairs, cfg, rng, generator, desc="phase 
         return log
     opt = opt or new_optimizer(fwm, cfg)
     G = cfg.group_size
-    stats, best = [], BestWeights(fwm, val_score, cfg.phase_eval_every, at_start=True)
-    batches = phase_batches(confident, cfg, rng)
-    for step, batch in enumerate(tqdm(batches, desc=desc, leave=False, file=sys.stdout, disable=None), start=1):
-        set_lr(opt, step, len(batches), cfg)
+
+    def groups(batch):  # G next states for each confident (x, z), and their rewards
         prompts = [codec.fwm_example(p.x, zi, source=p.source)[0] for p, zi in batch]
         y_hat = sample_completions(fwm, codec, prompts, codec.max_state_tokens, codec.state_ids, cfg.temperature,
                                    cfg.top_p, G, generator, batch=cfg.micro_batch)
@@ -182,9 +185,15 @@ def phase_fwm(fwm, idm, ref_fwm, codec, pairs, cfg, rng, generator, desc="phase 
         reward_targets = [codec.action_target(zi) for _, zi in batch for _ in range(G)]
         rewards = mean_logprob(reward_idm, reward_prompts, reward_targets, allowed_ids=codec.action_ids,
                                batch=cfg.micro_batch)
-        rewards = rewards.clamp(min=cfg.reward_floor)
-        stats.append(policy_update(fwm, ref_fwm, opt, [p for p in prompts for _ in range(G)], y_hat, rewards,
-                                   codec.state_ids, cfg))
+        return prompts, y_hat, rewards.clamp(min=cfg.reward_floor)
+
+    stats, best = [], BestWeights(fwm, val_score, cfg.phase_eval_every, at_start=True)
+    batches = phase_batches(confident, cfg, rng)
+    for step, batch in enumerate(tqdm(batches, desc=desc, leave=False, file=sys.stdout, disable=None), start=1):
+        set_lr(opt, step, len(batches), cfg)
+        prompts, y_hat, rewards, drawn = groups_with_signal(groups, batch, confident, cfg, rng)
+        stats.append({**drawn, **policy_update(fwm, ref_fwm, opt, [p for p in prompts for _ in range(G)], y_hat,
+                                               rewards, codec.state_ids, cfg)})
         best.check_if_due(step, len(batches))
     return {**log, "steps": len(batches), **mean_stats(stats), **best.restore()}
 
@@ -202,27 +211,60 @@ def phase_idm(idm, fwm, ref_idm, codec, pairs, cfg, rng, generator, desc="phase 
     reward_fwm = frozen_copy(fwm)
     opt = opt or new_optimizer(idm, cfg)
     G = cfg.group_size
+
+    def groups(batch):  # G actions for each real pair (x, y), and their rewards
+        prompts = [codec.idm_example(p.x, p.y, source=p.source)[0] for p in batch]
+        z = sample_completions(idm, codec, prompts, codec.max_action_tokens, codec.action_ids, cfg.temperature,
+                               cfg.top_p, G, generator, batch=cfg.micro_batch)
+        # r_k = log P_theta(y | x, z_k), length-normalised, clamped at reward_floor
+        reward_prompts = [codec.fwm_example(p.x, codec.tok.decode(zk), source=p.source)[0]
+                          for k, p in enumerate(batch) for zk in z[k * G : (k + 1) * G]]
+        reward_targets = [completion(codec.tok, p.y) for p in batch for _ in range(G)]
+        rewards = mean_logprob(reward_fwm, reward_prompts, reward_targets, allowed_ids=codec.state_ids,
+                               batch=cfg.micro_batch)
+        return prompts, z, rewards.clamp(min=cfg.reward_floor)
+
     stats, best, written = [], BestWeights(idm, val_score, cfg.phase_eval_every, at_start=True), []
     batches = phase_batches(pairs, cfg, rng)
     for step, batch in enumerate(tqdm(batches, desc=desc, leave=False, file=sys.stdout, disable=None), start=1):
         set_lr(opt, step, len(batches), cfg)
-        prompts = [codec.idm_example(p.x, p.y, source=p.source)[0] for p in batch]
-        z = sample_completions(idm, codec, prompts, codec.max_action_tokens, codec.action_ids, cfg.temperature,
-                               cfg.top_p, G, generator, batch=cfg.micro_batch)
-        z_text = [codec.tok.decode(zk) for zk in z]
-        # r_k = log P_theta(y | x, z_k), length-normalised, clamped at reward_floor
-        reward_prompts = [codec.fwm_example(p.x, zk, source=p.source)[0]
-                          for k, p in enumerate(batch) for zk in z_text[k * G : (k + 1) * G]]
-        reward_targets = [completion(codec.tok, p.y) for p in batch for _ in range(G)]
-        rewards = mean_logprob(reward_fwm, reward_prompts, reward_targets, allowed_ids=codec.state_ids,
-                               batch=cfg.micro_batch)
-        rewards = rewards.clamp(min=cfg.reward_floor)
-        stats.append(policy_update(idm, ref_idm, opt, [p for p in prompts for _ in range(G)], z, rewards,
-                                   codec.action_ids, cfg))
-        written += z_text
+        prompts, z, rewards, drawn = groups_with_signal(groups, batch, pairs, cfg, rng)
+        stats.append({**drawn, **policy_update(idm, ref_idm, opt, [p for p in prompts for _ in range(G)], z, rewards,
+                                               codec.action_ids, cfg)})
+        written += [codec.tok.decode(zk) for zk in z]
         best.check_if_due(step, len(batches))
     return {"pairs": len(pairs), "steps": len(batches), **action_stats(written, codec), **mean_stats(stats),
             **best.restore()}
+
+
+def groups_with_signal(groups, batch, pool, cfg, rng):
+    """DAPO's dynamic sampling (Yu et al. 2025): the groups of one GRPO step, each with a reward spread.
+
+    A group whose G rewards are equal has zero advantage (grpo.group_advantages): it teaches nothing. So
+    while fewer than len(batch) of the groups drawn so far have a spread, draw another batch of prompts
+    from pool, up to cfg.max_draws batches in all; groups(batch) samples and rewards them (G rows a prompt).
+    The step takes the groups with a spread and, where the cap left fewer than len(batch), fills up with
+    equal-reward groups (only their KL term acts), all in the order drawn: every step has len(batch)
+    groups, so that ranks under torchrun stay in step, and max_draws = 1 is plain GRPO on the batch.
+    Returns (prompts, completions, rewards) of the chosen groups and the step's draw stats:
+    prompts_drawn, signal_frac (the share of the drawn groups with a spread), capped (1: the cap was hit)."""
+    G, want = cfg.group_size, len(batch)
+    prompts, completions, rewards = [], [], []
+    for draw in range(cfg.max_draws):
+        if draw:
+            batch = rng.sample(pool, want)
+        p, c, r = groups(batch)
+        prompts, completions, rewards = prompts + p, completions + c, rewards + list(r.view(-1, G))
+        spread = [bool(s) for s in has_signal(torch.stack(rewards), G)]  # (groups drawn,)
+        if sum(spread) >= want:
+            break
+    with_spread = [k for k, s in enumerate(spread) if s][:want]
+    fill = [k for k, s in enumerate(spread) if not s][: want - len(with_spread)]
+    chosen = sorted(with_spread + fill)  # the order drawn
+    stats = {"prompts_drawn": len(spread), "signal_frac": sum(spread) / len(spread),
+             "capped": float(len(with_spread) < want)}
+    return ([prompts[k] for k in chosen], [y for k in chosen for y in completions[k * G : (k + 1) * G]],
+            torch.cat([rewards[k] for k in chosen]), stats)
 
 
 def policy_update(policy, reference, opt, prompts, completions, rewards, allowed_ids, cfg):
@@ -562,13 +604,19 @@ def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, id
 
 
 def warn_if_idle(stats, role, cfg, log):
-    """One loud line when a phase could not learn: no pair passed the filter, or no group had a signal."""
+    """One loud line when a phase could not learn (no pair passed the filter, no group had a signal) or
+    when dynamic sampling hit its cap (some steps had fewer groups with a signal than asked for)."""
+    phase = "I" if role == "fwm" else "II"
     if not stats.get("pairs"):
         log(f"  WARNING: phase I kept no pair: the IDM's action never had a mean token probability >= "
             f"--confidence={cfg.confidence:.3g}, so the FWM made no update")
     elif stats.get("zero_std_frac") == 1.0:
-        log(f"  WARNING: every group of phase {'I' if role == 'fwm' else 'II'} had equal rewards (its G samples alike "
+        log(f"  WARNING: every group of phase {phase} had equal rewards (its G samples alike "
             "or scored alike): no step had a learning signal")
+    elif cfg.max_draws > 1 and stats.get("capped"):
+        log(f"  WARNING: {stats['capped']:.0%} of phase {phase}'s steps drew --max_draws={cfg.max_draws} batches of "
+            f"prompts and still had fewer than {cfg.prompts_per_step} groups with a reward spread; groups with "
+            f"equal rewards (zero advantage) filled the rest (zero_std_frac={stats['zero_std_frac']:.2f})")
 
 
 def run_baselines(cfg, codec, run, labelled, val, unlabelled, unlabelled_truth, record, log):

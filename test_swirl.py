@@ -775,6 +775,65 @@ def test_one_pass_per_phase_and_the_rate_schedule():
     assert rates == pytest.approx([0.5, 1.0, 0.5 * (1 + math.cos(math.pi / 3)), 0.5 * (1 + math.cos(2 * math.pi / 3))])
 
 
+def scripted_groups(draws, G=2):
+    """A groups(batch) for swirl.groups_with_signal that rewards each draw's prompts as `draws` says, in
+    turn (one reward list per prompt, G each), and records the batches it was given."""
+    calls, it = [], iter(draws)
+
+    def groups(batch):
+        calls.append(list(batch))
+        rewards = next(it)
+        completions = [[f"{p}/{k}"] for p in batch for k in range(G)]
+        return [f"prompt {p}" for p in batch], completions, torch.tensor(sum(rewards, []), dtype=torch.float32)
+
+    return groups, calls
+
+
+def test_dynamic_sampling_refills_a_batch_of_equal_groups():
+    _, scfg, *_ = tiny_toy(group_size=2, max_draws=4)
+    pool = list(range(100))
+    # the first batch's two groups have equal rewards; the second draw brings one group with a spread,
+    # the third another: the step takes those two, in the order drawn, and stops drawing
+    groups, calls = scripted_groups([[[1, 1], [3, 3]], [[0, 0], [0, 1]], [[2, 5], [4, 4]]])
+    prompts, completions, rewards, stats = swirl.groups_with_signal(groups, [7, 8], pool, scfg, random.Random(0))
+    assert len(calls) == 3 and calls[0] == [7, 8]
+    assert prompts == [f"prompt {calls[1][1]}", f"prompt {calls[2][0]}"]
+    assert completions == [[f"{calls[1][1]}/0"], [f"{calls[1][1]}/1"], [f"{calls[2][0]}/0"], [f"{calls[2][0]}/1"]]
+    assert rewards.tolist() == [0, 1, 2, 5]
+    assert stats == {"prompts_drawn": 6, "signal_frac": 2 / 6, "capped": 0.0}
+    assert grpo.has_signal(rewards, 2).all()  # every group the update sees has a signal
+
+
+def test_dynamic_sampling_cap_ends_the_loop_and_fills_with_equal_groups():
+    _, scfg, *_ = tiny_toy(group_size=2, max_draws=3)
+    groups, calls = scripted_groups([[[1, 1], [2, 2]], [[0, 0], [5, 6]], [[3, 3], [4, 4]], [[9, 8], [7, 6]]])
+    prompts, _, rewards, stats = swirl.groups_with_signal(groups, [0, 1], list(range(100)), scfg, random.Random(0))
+    assert len(calls) == 3  # the cap: the fourth draw, which had a signal, is never made
+    # one group with a spread (the second draw's second), filled with the first equal group drawn, in draw order
+    assert prompts == ["prompt 0", f"prompt {calls[1][1]}"] and rewards.tolist() == [1, 1, 5, 6]
+    assert stats == {"prompts_drawn": 6, "signal_frac": 1 / 6, "capped": 1.0}
+
+
+def test_one_draw_is_plain_grpo_on_the_batch():
+    _, scfg, *_ = tiny_toy(group_size=2, max_draws=1)
+    groups, calls = scripted_groups([[[1, 1], [0, 2], [3, 3]]])
+    prompts, completions, rewards, stats = swirl.groups_with_signal(groups, [4, 5, 6], [], scfg, random.Random(0))
+    assert prompts == ["prompt 4", "prompt 5", "prompt 6"] and rewards.tolist() == [1, 1, 0, 2, 3, 3]
+    assert len(completions) == 6 and stats["capped"] == 1.0 and stats["prompts_drawn"] == 3
+
+
+@pytest.mark.parametrize("role", ["fwm", "idm"])
+def test_each_phase_reports_its_draws_and_warns_at_the_cap(role, capsys):
+    _, scfg, codec, new, lab, val, unl, test = tiny_toy(confidence=0.0, max_draws=2, phases=role, iterations=1)
+    swirl.run_swirl(scfg, codec, new, lab, val, unl, test, stop_after=f"swirl_it1_{role}")
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if "stats:" in l)
+    drawn = float(line.split("prompts_drawn=")[1].split()[0])
+    assert scfg.prompts_per_step <= drawn <= 2 * scfg.prompts_per_step and "signal_frac=" in line
+    capped = float(line.split("capped=")[1].split()[0])
+    assert ("--max_draws=2 batches" in out) == (capped > 0)
+
+
 def test_action_stats_by_hand():
     _, _, codec, *_ = tiny_toy()
     stats = swirl.action_stats(["up", "up", "jump", "left"], codec)  # bytes: 2, 2, 4, 4 tokens
@@ -1039,6 +1098,9 @@ def test_parse_options_rejects_unknown_and_converts():
     assert (scfg.phase_eval_every, scfg.reward_floor) == (0, -5.0)
     with pytest.raises(SystemExit, match="--key=value"):
         common.parse_options(["seeds"], cfg)
+    for key in ("seeds", "max_draws"):
+        with pytest.raises(SystemExit, match=f"--{key}: '0'; it must be 1 or more"):
+            common.parse_options([f"--{key}=0"], cfg, scfg)
     with pytest.raises(SystemExit, match="--rename: '1.5'; it is a probability"):
         common.parse_options(["--rename=1.5"], scfg)
     with pytest.raises(SystemExit, match="error: patrol=2.0: it is a probability"):
@@ -1050,6 +1112,70 @@ def test_mean_over_seeds_and_table():
     (row,) = common.mean_over_seeds(runs)
     assert row["fwm_exact"] == pytest.approx(0.3) and row["fwm_exact_std"] == pytest.approx(0.1414, abs=1e-4)
     assert "0.300 ± 0.141" in common.format_table([row], ["fwm_exact"])
+
+
+def test_t_critical_against_published_values():
+    # two-sided 95% critical values of Student's t, from any statistics table
+    for df, t in [(1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (29, 2.045), (1000, 1.962)]:
+        assert common.t_critical(df) == pytest.approx(t, abs=1e-3)
+
+
+def test_paired_gain_by_hand():
+    # gains 0.01..0.05: mean 0.03, sample sd sqrt(0.00025) = 0.015811, se 0.0070711, t(4) = 2.776445,
+    # half-width 0.019632: the interval [0.010368, 0.049632]; every seed gains
+    runs = [[{"stage": "sft", "m": 0.5}, {"stage": "a", "m": 0.5 + g}] for g in (0.01, 0.02, 0.03, 0.04, 0.05)]
+    g = common.paired_gain(runs, "a", "m")
+    assert (g["mean"], g["lo"], g["hi"]) == pytest.approx((0.03, 0.010368, 0.049632), abs=1e-6)
+    assert (g["wins"], g["ties"], g["n"]) == (5, 0, 5)
+    runs = [[{"stage": "sft", "m": 0.5}, {"stage": "a", "m": v}] for v in (0.4, 0.5, 0.7)]  # -0.1, 0, +0.2
+    g = common.paired_gain(runs, "a", "m")
+    # mean 1/30; sd = sqrt(((-0.1333)^2 + (-0.0333)^2 + 0.1667^2) / 2) = 0.152753; t(2) = 4.302653
+    assert (g["lo"], g["hi"]) == pytest.approx((1 / 30 - 4.302653 * 0.152753 / 3 ** 0.5,
+                                                1 / 30 + 4.302653 * 0.152753 / 3 ** 0.5), abs=1e-5)
+    assert (g["wins"], g["ties"]) == (1, 1)
+    one = common.paired_gain(runs[:1], "a", "m")
+    assert one["lo"] is None and one["mean"] == pytest.approx(-0.1)  # one seed: no interval
+    table, out = common.paired_table(runs, ["a"], ["m"])
+    assert "| a | +3.3 [-34.6, +41.3], 1/3 up (1 tied) |" in table and out["a"]["m"]["n"] == 3
+
+
+def test_bench_toy_parts_add_up(tmp_path):
+    import bench
+
+    wall, times = bench.toy_parts([
+        "--size=3", "--n_walls=1", "--episode_len=3", "--labelled_episodes=6", "--val_episodes=2",
+        "--unlabelled_episodes=4", "--test_episodes=2", "--n_layer=1", "--n_head=2", "--n_embd=16",
+        "--sft_max_steps=4", "--sft_eval_every=2", "--steps_per_phase=2", "--prompts_per_step=2", "--group_size=2",
+        "--iterations=1", "--confidence=0.0", "--pretrain_steps=3", f"--out_dir={tmp_path}"])
+    outers = {o for o, i in times if i == "all"}
+    assert {"pretraining", "SFT: sft", "SFT: bootstrap", "SFT: oracle", "phase I", "phase II", "evaluation"} <= outers
+    assert times[("evaluation", "all")][1] == 9  # sft, two phases, bootstrap, sft_continue, best_of_2/4/8, oracle
+    for (outer, inner), (seconds, calls) in times.items():
+        if inner != "all":
+            assert outer in outers and calls >= 1
+    for outer in outers:  # inner parts are counted once each, inside their outer part
+        assert sum(s for (o, i), (s, _) in times.items() if o == outer and i != "all") <= times[(outer, "all")][0]
+    assert sum(times[(o, "all")][0] for o in outers) <= wall
+    assert swirl.phase_fwm.__name__ == "phase_fwm" and swirl.BestWeights.check.__name__ == "check"  # unpatched
+
+
+def test_seeds_give_the_same_numbers_alone_or_side_by_side(tmp_path):
+    args = ["--size=3", "--n_walls=1", "--episode_len=3", "--labelled_episodes=6", "--val_episodes=2",
+            "--unlabelled_episodes=4", "--test_episodes=2", "--n_layer=1", "--n_head=2", "--n_embd=16",
+            "--sft_max_steps=4", "--sft_eval_every=2", "--steps_per_phase=2", "--prompts_per_step=2",
+            "--group_size=2", "--iterations=1", "--seeds=2", "--confidence=0.0", "--pretrain_steps=3",
+            "--samples=0"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one worker in this process, or two processes: one thread a seed either way
+    try:
+        train_toy.main(args + ["--workers=1", f"--out_dir={tmp_path / 'alone'}"])
+        train_toy.main(args + ["--workers=2", f"--out_dir={tmp_path / 'side'}"])
+    finally:
+        torch.set_num_threads(threads)
+    alone, side = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("alone", "side"))
+    assert [s["threads"] for s in alone["seeds"]] == [s["threads"] for s in side["seeds"]] == [1, 1]
+    assert [s["stages"] for s in alone["seeds"]] == [s["stages"] for s in side["seeds"]]
+    assert (tmp_path / "side" / "seed1" / "log.txt").read_text().startswith("seed 1:")
 
 
 def test_cell_accuracy_by_hand():
@@ -1084,7 +1210,8 @@ def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
         "--pretrain_episodes=3",
     ])
     res = json.loads((out / "results.json").read_text())
-    assert set(res) == {"config", "wall_seconds", "stages"} and res["config"]["seeds"] == 2
+    assert set(res) == {"config", "wall_seconds", "stages", "seeds", "paired"} and res["config"]["seeds"] == 2
+    assert [s["seed"] for s in res["seeds"]] == [0, 1] and set(res["paired"]) >= {"swirl_it2_idm", "bootstrap"}
     assert res["config"]["lr"] == train_toy.TOY_SWIRL["lr"]  # the toy's defaults reach the run, options win
     assert res["config"]["pretrain_steps"] == 3 != train_toy.TOY_SWIRL["pretrain_steps"]
     names = [s["stage"] for s in res["stages"]]
@@ -1096,7 +1223,8 @@ def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
         # every held-out prediction is right or wrong in exactly one way (means over seeds keep the sum)
         assert s["fwm_exact"] + sum(s[k] for k in train_toy.ERROR_KINDS) == pytest.approx(1)
     assert (out / "seed0" / "sft.pt").exists() and (out / "seed1" / "swirl_it2_idm.pt").exists()
-    assert "| stage |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| stage |" in out and "| gain over sft (points) |" in out
 
 
 # ----------------------------------------------------------------------------------------------------

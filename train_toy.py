@@ -2,16 +2,19 @@
 train_toy.py: SWIRL end to end on the toy gridworld, on a laptop CPU.
 
     python train_toy.py                      # one seed, the default settings below
-    python train_toy.py --seeds=3            # mean +/- std over 3 seeds
+    python train_toy.py --seeds=10           # seeds 0-9 side by side, one per core; paired gains over SFT
     python train_toy.py --phases=fwm --beta=0.05 --out_dir=out-beta   # any setting, --key=value
 
 It builds the world, draws labelled, validation, unlabelled and held-out test episodes, then runs
 swirl.run_swirl (SFT, SWIRL iterations, baselines) and prints a table like the paper's Table 9.
 Writes out_dir/results.json, checkpoints (out_dir/seed<k>/*.pt) and, with matplotlib, out_dir/metrics.png.
+With several seeds it prints each method's gain over SFT on the same seed: mean, 95% interval, wins.
 
 Read this file after swirl.py; it is only glue.
 """
 
+import contextlib
+import multiprocessing
 import os
 import sys
 import time
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 
 import swirl
-from common import config_dict, format_table, mean_over_seeds, parse_options, write_results
+from common import config_dict, format_table, mean_over_seeds, paired_table, parse_options, write_results
 from data import Episode, byte_tokenizer, make_codec, transitions, with_action
 from grpo import GRPOConfig
 from model import GPT, GPTConfig, model_state, save_checkpoint
@@ -49,7 +52,9 @@ class ToyConfig:
     n_head: int = 4
     n_embd: int = 64
     # the run
-    seeds: int = 1  # repeat over seeds 0..seeds-1 and report mean +/- std
+    seeds: int = 1  # repeat over seeds 0..seeds-1: mean +/- std, and each method's paired gain over SFT
+    workers: int = 0  # processes running seeds side by side, the cores shared out among them (a seed's
+    # numbers depend on its thread count, not on what runs beside it); 0: one per core, at most `seeds`
     device: str = "cpu"
     out_dir: str = "out-toy"
     samples: int = 2  # held-out transitions printed at the end
@@ -63,11 +68,14 @@ class ToyConfig:
 #   temperature 1.5   fewer of Phase I's groups are G identical grids ("Temperature 1.5 against 1.0");
 #   iterations 3, phase_eval_every 25: each phase keeps its best held-out check, as early stopping does for
 #                     SFT and Bootstrap ("A third iteration, and every method selected on the same held-out labels");
-#   lr 3e-4, beta 1   the rate and KL weight every toy table was measured at.
-TOY_SWIRL = dict(pretrain_steps=3000, lr=3e-4, temperature=1.5, iterations=3, phase_eval_every=25)
+#   lr 3e-4, beta 1   the rate and KL weight every toy table was measured at;
+#   max_draws 4       dynamic sampling: most of Phase II's groups (and about half of Phase I's) are G equal
+#                     rewards; up to 4 batches of prompts a step find more groups with a signal ("Dynamic sampling").
+TOY_SWIRL = dict(pretrain_steps=3000, lr=3e-4, temperature=1.5, iterations=3, phase_eval_every=25, max_draws=4)
 TOY_GRPO = dict(beta=1.0)
 
 METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_cell_acc"]
+GAIN_METRICS = ["fwm_exact", "fwm_exact_inferred", "idm_action_acc"]  # the paired table's columns
 # Where the FWM is wrong (given the true action), as fractions of the held-out transitions; with fwm_exact
 # they sum to 1. Each wrong grid counts once, in the first kind that fits: the grid is malformed (wrong
 # length, or not exactly one agent), the agent is in the wrong cell, a box is, or only wall and floor
@@ -183,6 +191,49 @@ def plot(stages, path):
     return True
 
 
+def seed_job(cfg, scfg, seed, threads, log_path=None):
+    """One seed, start to end, on `threads` threads; returns ({"seed", "threads", "wall_seconds", "stages"},
+    the held-out samples as text). A worker process writes its log to log_path instead of the console."""
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    with contextlib.ExitStack() as stack:
+        if log_path:
+            os.makedirs(os.path.dirname(log_path), exist_ok=True)
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(log_path, "w", buffering=1))))
+        stages, last = run_seed(cfg, scfg, seed)
+        samples = swirl.show_samples(*last, cfg.samples) if cfg.samples else ""
+    return {"seed": seed, "threads": threads, "wall_seconds": time.time() - t0, "stages": stages}, samples
+
+
+def run_seeds(cfg, scfg):
+    """Seeds 0..cfg.seeds-1: in this process one after the other (one worker), or side by side in worker
+    processes, each with its share of the cores. Returns (one result per seed in seed order, the last
+    seed's samples). Two seeds on one thread each finish sooner than one after the other on two (NOTES.md,
+    "Ten seeds side by side")."""
+    cores = torch.get_num_threads()
+    workers = min(cfg.seeds, cfg.workers or cores)
+    threads = max(1, cores // workers)
+    if workers == 1:
+        results = [seed_job(cfg, scfg, seed, threads) for seed in range(cfg.seeds)]
+        return [r for r, _ in results], results[-1][1]
+    print(f"{cfg.seeds} seeds on {workers} worker processes, {threads} thread(s) each; "
+          f"each seed's log: {cfg.out_dir}/seed<k>/log.txt")
+    jobs = [(cfg, scfg, seed, threads, os.path.join(cfg.out_dir, f"seed{seed}", "log.txt"))
+            for seed in range(cfg.seeds)]
+    # spawn, not fork: a forked child inherits torch's thread pool in whatever state the parent left it
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pending = [pool.apply_async(seed_job, job) for job in jobs]
+        results = []
+        for job in pending:
+            result, samples = job.get()
+            row = {s["stage"]: s["fwm_exact"] for s in result["stages"]}
+            swirl_last = [name for name in row if name.startswith("swirl_")][-1:]
+            print(f"seed {result['seed']} done in {result['wall_seconds']:.0f} s: fwm_exact "
+                  + ", ".join(f"{name} {row[name]:.3f}" for name in ["sft", *swirl_last, "bootstrap"] if name in row))
+            results.append(result)
+    return results, samples
+
+
 def main(argv):
     cfg, scfg = ToyConfig(), swirl.SwirlConfig(**TOY_SWIRL, grpo=GRPOConfig(**TOY_GRPO))
     parse_options(argv, cfg, scfg, scfg.grpo)
@@ -190,23 +241,28 @@ def main(argv):
         log_world(cfg)  # a bad world option (--max_step=0, --patrol=2) stops here, before any training
     except ValueError as e:
         sys.exit(f"error: {e}")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
-    runs = []
-    for seed in range(cfg.seeds):
-        stages, last = run_seed(cfg, scfg, seed)
-        runs.append(stages)
+    per_seed, samples = run_seeds(cfg, scfg)
+    runs = [r["stages"] for r in per_seed]
     stages = mean_over_seeds(runs)
     wall = time.time() - t0
-    write_results(cfg.out_dir, config_dict(cfg, scfg), stages, wall)
-    if cfg.samples:
+    names = [s["stage"] for s in stages]
+    # the methods set against SFT: SWIRL's last stage and every baseline
+    methods = [n for n in names if n.startswith("swirl_")][-1:] + [n for n in names if n != "sft" and not n.startswith("swirl_")]
+    gains, paired = paired_table(runs, methods, GAIN_METRICS)
+    write_results(cfg.out_dir, config_dict(cfg, scfg), stages, wall, seeds=per_seed, paired=paired)
+    if samples:
         print("\nheld-out samples (last seed, final SWIRL models):\n")
-        print(swirl.show_samples(*last, cfg.samples))
-    over = f"mean ± std over {cfg.seeds} seeds" if cfg.seeds > 1 else "seed 0"
-    print(f"\nheld-out results ({over}), {wall:.0f} s:\n")
+        print(samples)
+    threads = sorted({r["threads"] for r in per_seed})
+    over = f"mean ± std over seeds 0-{cfg.seeds - 1}" if cfg.seeds > 1 else "seed 0"
+    print(f"\nheld-out results ({over}; {'/'.join(map(str, threads))} thread(s) a seed), {wall:.0f} s:\n")
     print(format_table(stages, METRICS))
     print("\nwhere the FWM is wrong (fractions of the held-out transitions; see ERROR_KINDS):\n")
     print(format_table(stages, ["fwm_exact"] + ERROR_KINDS))
+    if cfg.seeds > 1:
+        print(f"\neach method against SFT on the same seed: mean gain [95% t-interval], seeds where it is higher:\n")
+        print(gains)
     drew = plot(stages, os.path.join(cfg.out_dir, "metrics.png"))
     print(f"\nwrote {cfg.out_dir}/results.json" + (f" and {cfg.out_dir}/metrics.png" if drew else ""))
 
