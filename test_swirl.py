@@ -155,6 +155,35 @@ def test_top_p_keeps_the_nucleus():
     assert picks == {0, 1}  # 0.5 < 0.7 so token 1 is needed; 0.8 >= 0.7 so token 2 is not
 
 
+def test_sampling_draws_each_token_with_its_probability():
+    from model import sample_next
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.15, 0.05])  # two tokens of probability 0 (a logit mask's -inf)
+    logits = torch.log(probs).expand(200_000, -1)
+    picks = sample_next(logits, 1.0, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(picks, minlength=6).double() / picks.numel()
+    assert freq[0] == 0 and freq[2] == 0  # never a token the mask ruled out
+    assert torch.allclose(freq, probs.double(), atol=0.004)  # 4 standard errors at most
+
+
+def test_one_query_attention_equals_the_fused_kernel():
+    """A sampling step's attention (one query, written out) against the fused kernel with the same mask."""
+    import torch.nn.functional as F
+    from model import CausalSelfAttention, LayerCache
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(GPTConfig(n_embd=32, n_head=4)).eval()
+    x = torch.randn(3, 1, 32)
+    allowed = torch.rand(3, 1, 1, 7) > 0.3
+    allowed[..., -1] = True  # the query sees itself at least
+    cache = LayerCache(3, 4, 8, 8, "cpu", torch.float32)
+    cache.append(torch.randn(3, 4, 6, 8), torch.randn(3, 4, 6, 8))
+    q, k, v = attn.c_attn(x).split(32, dim=2)
+    q, k, v = (t.view(3, 1, 4, 8).transpose(1, 2) for t in (q, k, v))
+    keys, values = torch.cat([cache.k[:, :, :6], k], 2), torch.cat([cache.v[:, :, :6], v], 2)
+    fused = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed).transpose(1, 2).reshape(3, 1, 32)
+    with torch.no_grad():
+        assert torch.allclose(attn(x, allowed, cache), attn.c_proj(fused), atol=1e-6)
+
+
 def test_checkpoint_round_trip(tmp_path):
     model = tiny_model()
     path = str(tmp_path / "ck" / "m.pt")
