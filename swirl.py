@@ -249,13 +249,13 @@ def groups_with_signal(groups, batch, pool, cfg, rng):
     Returns (prompts, completions, rewards) of the chosen groups and the step's draw stats:
     prompts_drawn, signal_frac (the share of the drawn groups with a spread), capped (1: the cap was hit)."""
     G, want = cfg.group_size, len(batch)
-    prompts, completions, rewards = [], [], []
+    prompts, completions, rewards, spread = [], [], [], []  # spread: the drawn groups' rewards differ
     for draw in range(cfg.max_draws):
         if draw:
             batch = rng.sample(pool, want)
         p, c, r = groups(batch)
         prompts, completions, rewards = prompts + p, completions + c, rewards + list(r.view(-1, G))
-        spread = [bool(s) for s in has_signal(torch.stack(rewards), G)]  # (groups drawn,)
+        spread += has_signal(r, G).tolist()  # this draw's groups only: the earlier ones are known
         if sum(spread) >= want:
             break
     with_spread = [k for k, s in enumerate(spread) if s][:want]
