@@ -29,16 +29,28 @@ def parse_options(argv, *configs):
     """Apply `--key=value` overrides to dataclass instances in place. Values are converted to the
     field's type; an unknown key or a bad value exits with the list of known options. A field that is
     itself a dataclass (SwirlConfig.grpo) is not an option: pass that dataclass too, and its fields are."""
-    known = {f.name: c for c in configs for f in fields(c) if not is_dataclass(getattr(c, f.name))}
+    known = known_options(*configs)
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
             sys.exit(f"bad argument {arg!r}: options look like --key=value (e.g. --iterations=2)")
         key, value = arg[2:].split("=", 1)
         if key not in known:
             sys.exit(f"unknown option --{key}. Known options:\n  " + "\n  ".join(f"--{k}" for k in sorted(known)))
-        obj = known[key]
-        setattr(obj, key, convert(value, type(getattr(obj, key)), key))
+        try:
+            set_option(known[key], key, value)
+        except ValueError as e:
+            sys.exit(str(e))
     return configs
+
+
+def known_options(*configs):
+    """{option name: the dataclass instance that holds it} (a nested dataclass's own fields are not in it)."""
+    return {f.name: c for c in configs for f in fields(c) if not is_dataclass(getattr(c, f.name))}
+
+
+def set_option(obj, key, value):
+    """obj.key = value (a string), converted to the field's type. A bad value raises ValueError."""
+    setattr(obj, key, convert(value, type(getattr(obj, key)), key))
 
 
 def convert(value, typ, key):
@@ -51,13 +63,13 @@ def convert(value, typ, key):
             raise ValueError
         converted = typ(value)
     except ValueError:
-        sys.exit(f"bad value for --{key}: {value!r} is not a {typ.__name__}")
+        raise ValueError(f"bad value for --{key}: {value!r} is not a {typ.__name__}") from None
     if typ is int and converted < 0:  # every int option is a count, a size or a period
-        sys.exit(f"bad value for --{key}: {value!r}; it counts something, so it must be 0 or more")
+        raise ValueError(f"bad value for --{key}: {value!r}; it counts something, so it must be 0 or more")
     if key in AT_LEAST_ONE and converted < 1:
-        sys.exit(f"bad value for --{key}: {value!r}; it must be 1 or more")
+        raise ValueError(f"bad value for --{key}: {value!r}; it must be 1 or more")
     if key in PROBABILITIES and not 0.0 <= converted <= 1.0:
-        sys.exit(f"bad value for --{key}: {value!r}; it is a probability, so it must be between 0 and 1")
+        raise ValueError(f"bad value for --{key}: {value!r}; it is a probability, so it must be between 0 and 1")
     return converted
 
 

@@ -286,7 +286,7 @@ def renamed(texts, words, p, rng, endings=()):
     distinct whitespace-separated word becomes, with probability p, a word drawn from `words`, the same one
     wherever it occurs in any of the texts. Layout (lines, spaces) is kept. A renamed transition is a real
     one (the same changes, the same layout) that cannot be learned by heart: training on such transitions
-    makes the FWM copy x (swirl.pretrain_fwm, swirl.renamed_copies).
+    makes the FWM copy x (Renamer: swirl.pretrain_fwm, swirl.warm_start).
     endings (word_endings): a new word gets one of them, drawn at random, with probability ENDING_P."""
     names = {}
     for w in sorted({w for text in texts for w in text.split()}):  # sorted: the same draws in every process
@@ -337,8 +337,44 @@ def plain(text):
 
 def renaming_words(tok, transitions):
     """What renamed draws from: the transitions' state words and spelled_words (most of them; with the
-    preset's rename=0.5 half a state's words stay as they were, so it still reads like the environment's)."""
+    recipe's rename=0.5 half a state's words stay as they were, so it still reads like the environment's)."""
     return state_words(transitions) + spelled_words(tok)
+
+
+class Renamer:
+    """ScienceWorld's data trick (data/scienceworld/recipe.txt, --rename=0.5), not part of SWIRL: transitions
+    whose words are renamed at random (renamed, with words from renaming_words and endings from
+    word_endings), so that a small FWM that has learned a few hundred real rooms by heart must copy x
+    instead of reciting them (NOTES.md, "A state slot", "Renamed triples in SFT"). swirl.run_swirl takes one
+    (renamer=...) and shows the FWM renamed pairs in pretraining and renamed copies beside its SFT triples;
+    on worlds whose states are not learned by heart it did harm (NOTES.md, "One preset for every world")."""
+
+    def __init__(self, tok, p):
+        self.tok, self.p, self.endings = tok, p, word_endings(tok)
+
+    def words(self, transitions):
+        return renaming_words(self.tok, transitions)
+
+    def pair(self, t, words, rng):
+        """(x, y, source) of t's pair under one fresh renaming (a pretraining example)."""
+        return (*renamed((t.x, t.y), words, self.p, rng, self.endings), renamed_source(t))
+
+    def copies(self, transitions, rng):
+        """Each labelled transition once more, its words renamed at random alike in x, y and the action: the
+        same change, in words that cannot be recited. The FWM's SFT on the real triples alone drifts back to
+        reciting the training rooms; with these beside them it keeps copying x (NOTES.md, "Renamed triples
+        in SFT"). Their price: it also learns to leave the action alone, and writes no change, even on its
+        training triples (NOTES.md, "The renamed SFT copies ..."). Not the IDM's: in a probe they did not
+        help it read held-out actions."""
+        words = self.words(transitions)
+        return [Transition(*renamed((t.x, t.y, t.action), words, self.p, rng, self.endings), t.episode,
+                           renamed_source(t)) for t in transitions]
+
+
+def renamed_source(t):
+    """Where a renamed copy of t comes from, for an error about its length: a renamed state can be longer than
+    the real one (ENDING_P), so the fix may be --block_size though the real transition fits."""
+    return f"{t.source} (renamed, --rename)"
 
 
 def completion(tok, text):

@@ -30,7 +30,7 @@ Simplifications, and why:
   - Optional (max_draws > 1; the toy's default): DAPO's dynamic sampling. A group whose G rewards are
     equal teaches nothing, so a step draws more prompts until prompts_per_step groups have a reward
     spread, up to max_draws batches (groups_with_signal).
-  - Optional (phase_eval_every > 0; the toy's default): each phase keeps its best weights on the held-out
+  - Optional (phase_eval_every > 0; the toy's and the text presets'): each phase keeps its best weights on the held-out
     labelled split, the same selection that early stopping gives SFT and Bootstrap (BestWeights).
 
 Read next: train_toy.py (the toy end to end), train_llm.py (text states).
@@ -46,7 +46,7 @@ import torch
 from tqdm import tqdm
 
 from common import all_reduce_grads, format_row, format_samples, format_stats, rank_and_processes
-from data import Transition, collate, completion, renamed, renaming_words, with_action, word_endings
+from data import collate, completion, with_action
 from grpo import GRPOConfig, grpo_step, has_signal
 from model import copy_model, generate, span_logprobs
 
@@ -63,8 +63,6 @@ class SwirlConfig:
     sft_patience: int = 4  # checks without improvement before early stopping
     idm_sft_max_steps: int = 0  # > 0: the IDM's own cap and cosine horizon (two models); 0: sft_max_steps for both
     pretrain_steps: int = 0  # state-only pretraining of the FWM before SFT (see pretrain_fwm); 0: none
-    rename: float = 0.0  # renamed transitions (data.renamed, data.renaming_words): each word renamed with this
-    # probability, in every pretraining pair (pretrain_fwm) and in one more copy of each FWM SFT triple (renamed_copies)
     finetune_lr: float = 3e-4  # SFT's peak lr for a pretrained model (fine-tuning, not learning from scratch)
     idm_from_pretrained: bool = False  # with pretrain_steps > 0: the IDM starts from the pretrained FWM's weights
     # (both roles from one pretrained model, as in the paper) instead of from scratch; its SFT keeps sft_lr
@@ -424,7 +422,7 @@ def sft_lr_at(step, n_steps, cfg):
 PRETRAIN_WORDS_PER_PAIR = 4  # random action words each unlabelled pair is shown with in pretrain_fwm
 
 
-def pretrain_fwm(fwm, codec, labelled, pairs, cfg, rng):
+def pretrain_fwm(fwm, codec, labelled, pairs, cfg, rng, renamer=None):
     """State-only pretraining: the FWM learns to write y from x on state-only pairs (the unlabelled
     ones, or a corpus of their own: run_swirl's pretrain_pairs), the action unknown.
     The paper starts from pretrained LLMs, which already write plausible next states and only have to learn
@@ -434,33 +432,25 @@ def pretrain_fwm(fwm, codec, labelled, pairs, cfg, rng):
     placeholder word such as "?" would not do: it shifts x to other positions than real action words do,
     and the small FWM's copying is tied to positions, so SFT on real actions would have to learn it again
     (NOTES.md, "How the FWM is pretrained matters").
-    cfg.rename > 0 (the CPU preset): each of a pair's examples has its words renamed at random
-    (data.renamed, to data.renaming_words), its own renaming, drawn once here. A few hundred real states are
-    learned by heart before a small model learns to copy, and then it recites the rooms it knows instead of the
-    one in x; renamed pairs cannot be recited (NOTES.md, "A state slot")."""
+    renamer (data.Renamer, ScienceWorld's recipe): each of a pair's examples has its words renamed, its own
+    renaming, drawn once here."""
     words = [t.action for t in labelled]
-    vocab, endings = (renaming_words(codec.tok, pairs), word_endings(codec.tok)) if cfg.rename else ([], [])
+    vocab = renamer.words(pairs) if renamer else None
     examples = []
     for t in pairs:
         for _ in range(PRETRAIN_WORDS_PER_PAIR):
-            if cfg.rename:
-                (x, y), source = renamed((t.x, t.y), vocab, cfg.rename, rng, endings), renamed_source(t)
-            else:
-                (x, y), source = (t.x, t.y), t.source
+            x, y, source = renamer.pair(t, vocab, rng) if renamer else (t.x, t.y, t.source)
             examples.append(codec.fwm_example(x, rng.choice(words), y, source))
     sft(fwm, examples, None, cfg, rng, steps=cfg.pretrain_steps, desc="pretrain FWM")
 
 
-def warm_start(fwm, idm, codec, labelled, val, cfg, rng, steps=None, desc="sft"):
+def warm_start(fwm, idm, codec, labelled, val, cfg, rng, steps=None, desc="sft", renamer=None):
     """SFT in both directions on labelled transitions: the FWM on y's tokens given (x, z), the IDM on z's
     tokens given (x, y). With shared weights one model learns both. A pretrained FWM (or shared model) is
     fine-tuned at cfg.finetune_lr, as pretrained models are; sft_lr is the rate for learning from scratch.
+    renamer (data.Renamer, ScienceWorld's recipe): the FWM also sees each triple once more, renamed.
     Returns (update steps taken, {role: optimiser}) (the optimisers go into checkpoints)."""
-    if cfg.rename:
-        words = renaming_words(codec.tok, labelled)
-        fwm_data = labelled + renamed_copies(labelled, cfg.rename, words, rng, word_endings(codec.tok))
-    else:
-        fwm_data = labelled
+    fwm_data = (labelled + renamer.copies(labelled, rng)) if renamer else labelled
     fwm_ex = [codec.fwm_example(t.x, t.action, t.y, t.source) for t in fwm_data]
     idm_ex = [codec.idm_example(t.x, t.y, t.action, t.source) for t in labelled]
     fwm_cfg = replace(cfg, sft_lr=cfg.finetune_lr) if cfg.pretrain_steps else cfg
@@ -471,23 +461,6 @@ def warm_start(fwm, idm, codec, labelled, val, cfg, rng, steps=None, desc="sft")
     n_fwm, opt_fwm = sft(fwm, fwm_ex, val_scorer(codec, val, "fwm"), fwm_cfg, rng, steps, desc + " FWM")
     n_idm, opt_idm = sft(idm, idm_ex, val_scorer(codec, val, "idm"), idm_cfg, rng, steps, desc + " IDM")
     return n_fwm + n_idm, {"fwm": opt_fwm, "idm": opt_idm}
-
-
-def renamed_copies(transitions, p, words, rng, endings):
-    """Each labelled transition once more, its words renamed at random alike in x, y and the action
-    (data.renamed, words drawn from `words`: data.renaming_words): the same change, in words that cannot be
-    recited. The FWM's SFT on the real triples alone drifts back to reciting the training rooms; with these
-    beside them it keeps copying x (NOTES.md, "Renamed triples in SFT"). Their price: it also learns to leave
-    the action alone, and writes no change, even on its training triples (NOTES.md, "The renamed SFT copies
-    ..."). Not the IDM's: in a probe they did not help it read held-out actions."""
-    return [Transition(*renamed((t.x, t.y, t.action), words, p, rng, endings), t.episode, renamed_source(t))
-            for t in transitions]
-
-
-def renamed_source(t):
-    """Where a renamed copy of t comes from, for an error about its length: a renamed state can be longer than
-    the real one (data.ENDING_P), so the fix may be --block_size though the real transition fits."""
-    return f"{t.source} (renamed, --rename)"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -517,7 +490,7 @@ def copy_pair(fwm, idm):
 
 def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, idm_counted=None,
               extra_metrics=None, unlabelled_truth=None, pretrain_pairs=None, checkpoint=None, resume=None,
-              stop_after=None, log=print):
+              stop_after=None, renamer=None, log=print):
     """SFT, SWIRL iterations and the baselines on one seed. Returns (stages, (fwm, idm)) with stages a
     list of {"stage": name, metrics}.
 
@@ -528,7 +501,9 @@ def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, id
     checkpoint(name, run, optimizers): called after SFT and after each phase with the RunState;
     resume(run): refills a fresh RunState from a checkpoint, so that an interrupted run goes on where it
     stopped, with the same random streams, and ends with the numbers of a run never interrupted.
-    stop_after: a stage name; return right after that stage (and its checkpoint)."""
+    stop_after: a stage name; return right after that stage (and its checkpoint).
+    renamer: a data.Renamer (a data set's trick, not SWIRL's): every SFT and pretraining of the FWM sees renamed
+    copies too (pretrain_fwm, warm_start)."""
     rank, _ = rank_and_processes()
     # every rank starts from the same weights, but draws its own batches and samples
     torch.manual_seed(seed)
@@ -539,7 +514,7 @@ def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, id
     if cfg.pretrain_steps and resume is None:
         corpus, what = (unlabelled, "unlabelled") if pretrain_pairs is None else (pretrain_pairs, "pretraining")
         log(f"state-only pretraining of the FWM on {len(corpus)} {what} pairs ({cfg.pretrain_steps} steps)")
-        pretrain_fwm(fwm, codec, labelled, corpus, cfg, rng)
+        pretrain_fwm(fwm, codec, labelled, corpus, cfg, rng, renamer)
         if cfg.idm_from_pretrained and idm is not fwm:
             # The paper's two roles start from the same pretrained LLM. Here the state-only pretrained FWM is
             # that model: it has learned to copy x into y's positions, so at each of y's tokens in the IDM's
@@ -567,7 +542,7 @@ def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, id
 
     if "sft" not in done:
         log(f"SFT warm start on {len(labelled)} labelled transitions (early-stopped on {len(val)} held-out ones)")
-        _, opts = warm_start(fwm, idm, codec, labelled, val, cfg, rng)
+        _, opts = warm_start(fwm, idm, codec, labelled, val, cfg, rng, renamer=renamer)
         record("sft", fwm, idm)
         run.sft_models = copy_pair(fwm, idm)
         if save("sft", opts):
@@ -599,7 +574,7 @@ def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, id
                 return run.stages, (fwm, idm)
 
     log("baselines")
-    run_baselines(cfg, codec, run, labelled, val, unlabelled, unlabelled_truth, record, log)
+    run_baselines(cfg, codec, run, labelled, val, unlabelled, unlabelled_truth, record, log, renamer)
     return run.stages, (fwm, idm)
 
 
@@ -619,13 +594,13 @@ def warn_if_idle(stats, role, cfg, log):
             f"equal rewards (zero advantage) filled the rest (zero_std_frac={stats['zero_std_frac']:.2f})")
 
 
-def run_baselines(cfg, codec, run, labelled, val, unlabelled, unlabelled_truth, record, log):
+def run_baselines(cfg, codec, run, labelled, val, unlabelled, unlabelled_truth, record, log, renamer):
     """The paper's baselines, each from the same SFT models and selected on the same held-out labels."""
     # Bootstrap: SFT again on the labelled data plus the IDM's confident labels of the unlabelled pairs
     boot_fwm, boot_idm = copy_pair(*run.sft_models)
     pseudo, kept_idx = pseudo_label(boot_idm, codec, unlabelled, cfg)
     log(pseudo_label_report(pseudo, kept_idx, unlabelled, unlabelled_truth, cfg))
-    warm_start(boot_fwm, boot_idm, codec, labelled + pseudo, val, cfg, run.rng, desc="bootstrap")
+    warm_start(boot_fwm, boot_idm, codec, labelled + pseudo, val, cfg, run.rng, desc="bootstrap", renamer=renamer)
     record("bootstrap", boot_fwm, boot_idm)
     # SFT-continue: as many extra update steps on the labelled data as SWIRL took, split like SWIRL's, at
     # SWIRL's learning rate and with its checks on the held-out split, so that only the objective differs
@@ -633,7 +608,8 @@ def run_baselines(cfg, codec, run, labelled, val, unlabelled, unlabelled_truth, 
     cont_fwm, cont_idm = copy_pair(*run.sft_models)
     per_model = run.swirl_steps if cfg.shared else max(1, run.swirl_steps // 2)
     at_swirl_lr = replace(cfg, sft_lr=cfg.lr, finetune_lr=cfg.lr, sft_eval_every=cfg.phase_eval_every)
-    warm_start(cont_fwm, cont_idm, codec, labelled, val, at_swirl_lr, run.rng, steps=per_model, desc="sft_continue")
+    warm_start(cont_fwm, cont_idm, codec, labelled, val, at_swirl_lr, run.rng, steps=per_model, desc="sft_continue",
+               renamer=renamer)
     record("sft_continue", cont_fwm, cont_idm)
     # test-time verification: the SFT FWM samples N next states, the SFT IDM picks one
     for n in parse_best_of(cfg.best_of):
@@ -641,7 +617,8 @@ def run_baselines(cfg, codec, run, labelled, val, unlabelled, unlabelled_truth, 
     # the oracle: SFT that also sees the unlabelled pairs' true actions (the toy knows them): the ceiling
     if unlabelled_truth is not None:
         oracle_fwm, oracle_idm = run.init
-        warm_start(oracle_fwm, oracle_idm, codec, labelled + unlabelled_truth, val, cfg, run.rng, desc="oracle")
+        warm_start(oracle_fwm, oracle_idm, codec, labelled + unlabelled_truth, val, cfg, run.rng, desc="oracle",
+                   renamer=renamer)
         record("oracle", oracle_fwm, oracle_idm)
 
 

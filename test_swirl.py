@@ -962,7 +962,7 @@ def test_pretraining_corpus_of_its_own(monkeypatch):
     assert not {t.source for t in corpus} & {t.source for split in after[:5] for t in split}  # "toy episode i"
     assert all(t.action is None for t in corpus)
     seen = []
-    monkeypatch.setattr(swirl, "pretrain_fwm", lambda fwm, codec, labelled, pairs, cfg, rng: seen.append(pairs))
+    monkeypatch.setattr(swirl, "pretrain_fwm", lambda fwm, codec, labelled, pairs, cfg, rng, renamer: seen.append(pairs))
     swirl.run_swirl(scfg, codec, new, lab, val, unl, test, pretrain_pairs=corpus, stop_after="sft", log=lambda *a: None)
     swirl.run_swirl(scfg, codec, new, lab, val, unl, test, stop_after="sft", log=lambda *a: None)
     assert seen == [corpus, unl]
@@ -1023,7 +1023,7 @@ def test_spelled_words_spell_every_printable_token():
 def test_pretraining_on_renamed_pairs(monkeypatch):
     """rename > 0: every pretraining example is its pair renamed (a new renaming each), with words
     drawn from the pairs' own states and spelled_words (data.renaming_words), at the configured probability."""
-    _, scfg, codec, new, lab, val, unl, _ = tiny_toy(pretrain_steps=1, rename=0.5)
+    _, scfg, codec, new, lab, val, unl, _ = tiny_toy(pretrain_steps=1)
     calls = spy_sft(monkeypatch)
     seen = []
 
@@ -1032,8 +1032,8 @@ def test_pretraining_on_renamed_pairs(monkeypatch):
         assert endings == data.word_endings(codec.tok)
         return tuple(text.lower() for text in texts)
 
-    monkeypatch.setattr(swirl, "renamed", fake_renamed)
-    swirl.pretrain_fwm(new(), codec, lab, unl, scfg, random.Random(0))
+    monkeypatch.setattr(data, "renamed", fake_renamed)
+    swirl.pretrain_fwm(new(), codec, lab, unl, scfg, random.Random(0), data.Renamer(codec.tok, 0.5))
     ((_, examples, _, _),) = calls
     pairs = [t for t in unl for _ in range(swirl.PRETRAIN_WORDS_PER_PAIR)]
     assert [texts for texts, _, _ in seen] == [(t.x, t.y) for t in pairs]
@@ -1044,16 +1044,17 @@ def test_pretraining_on_renamed_pairs(monkeypatch):
 def test_sft_adds_renamed_triples_to_the_fwm_only(monkeypatch):
     """rename > 0: the FWM's SFT sees every labelled triple, then each once more renamed alike in x, y and
     the action; the IDM's SFT sees the real triples only. rename = 0 adds nothing."""
-    _, scfg, codec, new, lab, val, _, _ = tiny_toy(rename=1.0)
+    _, scfg, codec, new, lab, val, _, _ = tiny_toy()
     words, endings = data.renaming_words(codec.tok, lab), data.word_endings(codec.tok)
-    copies = swirl.renamed_copies(lab, 1.0, words, random.Random(0), endings)
+    copies = data.Renamer(codec.tok, 1.0).copies(lab, random.Random(0))
     assert [(c.episode, c.source) for c in copies] == [(t.episode, f"{t.source} (renamed, --rename)") for t in lab]
     assert [data.renamed((t.x, t.y, t.action), words, 1.0, random.Random(0), endings) for t in lab[:1]] == \
         [(copies[0].x, copies[0].y, copies[0].action)]
     expected = {1.0: [codec.fwm_example(c.x, c.action, c.y) for c in copies], 0.0: []}
     for p in (1.0, 0.0):
         calls = spy_sft(monkeypatch)
-        swirl.warm_start(new(), new(), codec, lab, val, swirl.replace(scfg, rename=p), random.Random(0), steps=1)
+        renamer = data.Renamer(codec.tok, p) if p else None
+        swirl.warm_start(new(), new(), codec, lab, val, scfg, random.Random(0), steps=1, renamer=renamer)
         (_, fwm_ex, _, _), (_, idm_ex, _, _) = calls
         assert fwm_ex == [codec.fwm_example(t.x, t.action, t.y) for t in lab] + expected[p]
         assert idm_ex == [codec.idm_example(t.x, t.y, t.action) for t in lab]
@@ -1131,7 +1132,7 @@ def test_parse_options_rejects_unknown_and_converts():
         with pytest.raises(SystemExit, match=f"--{key}: '0'; it must be 1 or more"):
             common.parse_options([f"--{key}=0"], cfg, scfg)
     with pytest.raises(SystemExit, match="--rename: '1.5'; it is a probability"):
-        common.parse_options(["--rename=1.5"], scfg)
+        common.parse_options(["--rename=1.5"], train_llm.LLMConfig())
     with pytest.raises(SystemExit, match="error: patrol=2.0: it is a probability"):
         train_toy.main(["--patrol=2"])  # a bad world option: one line, before any training
 
@@ -1520,6 +1521,60 @@ def test_train_llm_bad_options_and_files(tmp_path):
         train_llm.main(args + [f"--data={tmp_path / 'nolabels.jsonl'}"])
     with pytest.raises(data.DataError, match="need every action"):
         train_llm.main(args + [f"--eval_data={tmp_path / 'train.jsonl'}"])
+
+
+def test_a_recipe_is_applied_to_its_own_data_only_and_the_command_line_wins(tmp_path):
+    """A recipe.txt beside --data sets its options after the preset ([cpu] lines under --preset=cpu only);
+    data in another folder does not get it; --recipe= turns it off; an explicit option wins over it."""
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    mine.mkdir(), other.mkdir()
+    args_mine, args_other = bench.tiny_text_data(str(mine)), bench.tiny_text_data(str(other))
+    (mine / "recipe.txt").write_text("# a comment\n--temperature=0.5   # a comment after a setting\n--rope=true\n\n[cpu]\n--sft_batch=5\n"
+                                     "[gpu]\n--sft_batch=7\n")
+    cfg, scfg = train_llm.configure(args_mine)  # bench's options hold --preset=cpu
+    assert (scfg.temperature, cfg.rope, scfg.sft_batch, cfg.recipe) == (0.5, True, 5, str(mine / "recipe.txt"))
+    cfg, scfg = train_llm.configure(args_mine + ["--preset=gpu"])
+    assert (scfg.temperature, scfg.sft_batch) == (0.5, 7)
+    preset = train_llm.PRESETS["cpu"]
+    for args in (args_other, args_mine + ["--recipe="]):
+        cfg, scfg = train_llm.configure(args)
+        assert (scfg.temperature, cfg.rope, scfg.sft_batch, cfg.recipe) == (preset["temperature"], False,
+                                                                           preset["sft_batch"], "")
+    cfg, scfg = train_llm.configure(args_mine + ["--temperature=0.9", "--rope=false"])
+    assert (scfg.temperature, cfg.rope, scfg.sft_batch) == (0.9, False, 5)
+    cfg, scfg = train_llm.configure(args_other + [f"--recipe={mine / 'recipe.txt'}"])  # anyone's recipe, by name
+    assert scfg.temperature == 0.5
+
+
+def test_a_bad_recipe_is_one_error_naming_the_file_and_line(tmp_path):
+    args = bench.tiny_text_data(str(tmp_path))
+    recipe = tmp_path / "recipe.txt"
+    for text, line, what in (("--group_size=3\n--group_sise=4\n", 2, "'--group_sise=4' is not a setting"),
+                             ("--rename=2\n", 1, "it is a probability"),
+                             ("[tpu]\n", 1, r"\[tpu\] names no preset"),
+                             ("--out_dir=elsewhere\n", 1, "is not a setting a recipe can hold"),
+                             ("rope=true\n", 1, "is not a setting")):
+        recipe.write_text(text)
+        with pytest.raises(data.DataError, match=rf"recipe.txt, line {line}: .*{what}"):
+            train_llm.configure(args)
+    with pytest.raises(SystemExit, match=r"error: --recipe=.*nothere.txt: no such file"):
+        train_llm.cli(args + [f"--recipe={tmp_path / 'nothere.txt'}"])
+
+
+def test_scienceworld_recipe_gives_the_cpu_preset_its_measured_settings():
+    """python train_llm.py --preset=cpu reads data/scienceworld/recipe.txt: the settings that were the CPU
+    preset's before recipes (measured on this data) are all there; the GPU preset gets the same data settings
+    but not the CPU step caps."""
+    cfg, scfg = train_llm.configure(["--preset=cpu"])
+    assert cfg.recipe == os.path.join("data", "scienceworld", "recipe.txt")
+    assert (cfg.rename, cfg.state_slot, cfg.rope, scfg.idm_from_pretrained, cfg.block_size) == (0.5, True, True,
+                                                                                                  True, 1280)
+    assert (scfg.sft_max_steps, scfg.idm_sft_max_steps) == (250, 500)
+    cfg, scfg = train_llm.configure([])
+    assert (cfg.rename, cfg.state_slot, cfg.rope, scfg.idm_from_pretrained) == (0.5, True, True, True)
+    assert (scfg.sft_max_steps, scfg.idm_sft_max_steps) == (train_llm.PRESETS["gpu"]["sft_max_steps"], 0)
+    for preset in train_llm.PRESETS.values():  # no preset carries a data set's trick
+        assert not {"rename", "state_slot", "rope", "idm_sft_max_steps"} & set(preset)
 
 
 def _grad_worker(rank, path, result):

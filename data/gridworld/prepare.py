@@ -29,6 +29,8 @@ class GridPrep:
     n_walls: int = 3
     n_boxes: int = 1
     episode_len: int = 8
+    p_move: float = 0.8  # chance that the logging policy picks a move that changes the state (0: any move,
+    # so many steps walk into a wall and leave the state as it was: a world where y = x often scores)
     labelled_episodes: int = 40  # with actions (SFT; train_llm.py holds a tenth of them out for early stopping)
     unlabelled_episodes: int = 200  # actions hidden: SWIRL's data
     test_episodes: int = 100  # with actions, for metrics only
@@ -37,7 +39,7 @@ class GridPrep:
 
 def prepare(cfg):
     """Write cfg.out/train.jsonl.gz (labelled, then unlabelled episodes) and cfg.out/test.jsonl.gz."""
-    world = GridWorld(cfg.size, cfg.n_walls, cfg.n_boxes, cfg.episode_len)
+    world = GridWorld(cfg.size, cfg.n_walls, cfg.n_boxes, cfg.episode_len, cfg.p_move)
     n = cfg.labelled_episodes + cfg.unlabelled_episodes + cfg.test_episodes
     states, actions = make_episodes(world, n, seed=cfg.seed)
     return write_splits(cfg.out, states, actions, cfg.labelled_episodes, cfg.unlabelled_episodes)
