@@ -36,8 +36,9 @@ def parse_options(argv, *configs):
         key, value = arg[2:].split("=", 1)
         if key not in known:
             sys.exit(f"unknown option --{key}. Known options:\n  " + "\n  ".join(f"--{k}" for k in sorted(known)))
+        obj = known[key]
         try:
-            set_option(known[key], key, value)
+            setattr(obj, key, convert(value, type(getattr(obj, key)), key))
         except ValueError as e:
             sys.exit(str(e))
     return configs
@@ -48,12 +49,8 @@ def known_options(*configs):
     return {f.name: c for c in configs for f in fields(c) if not is_dataclass(getattr(c, f.name))}
 
 
-def set_option(obj, key, value):
-    """obj.key = value (a string), converted to the field's type. A bad value raises ValueError."""
-    setattr(obj, key, convert(value, type(getattr(obj, key)), key))
-
-
 def convert(value, typ, key):
+    """value (a string) as the option's type; a bad value raises ValueError with the message to show."""
     try:
         if typ is bool:
             if value.lower() in ("1", "true", "yes"):

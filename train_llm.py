@@ -34,10 +34,9 @@ from dataclasses import dataclass
 import torch
 
 import swirl
-from common import (config_dict, format_table, known_options, parse_options, rank_and_processes, set_option,
-                    write_results)
-from data import (DataError, Renamer, bpe_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled, load_episodes,
-                  make_codec, split_episodes, transitions)
+from common import config_dict, convert, format_table, known_options, parse_options, rank_and_processes, write_results
+from data import (DataError, Renamer, bpe_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled,
+                  load_episodes, make_codec, split_episodes, transitions)
 from model import (GPT, GPTConfig, WeightsError, copy_model, gpt2_from_folder, load_checkpoint, model_state,
                    save_checkpoint)
 from tqdm import tqdm
@@ -92,17 +91,17 @@ class LLMConfig:
 # Settings that are not the paper's (README, "The paper and this code"):
 #   - the FWM from scratch is first pretrained on the unlabelled pairs, the action unknown (swirl.pretrain_fwm):
 #     it stands in for a pretrained LLM's ability to copy a state; the IDM starts from it as well
-#     (swirl.SwirlConfig.idm_from_pretrained), as the paper's two roles start from one LLM: on every world we
-#     measured this raised the SFT IDM (+5 to +44 points) and left the FWM as it was (NOTES.md, "One preset for
-#     every world");
+#     (swirl.SwirlConfig.idm_from_pretrained), as the paper's two roles start from one LLM: in one seed on six
+#     worlds it raised the SFT IDM on five (+5 to +44 points), lowered it on one (-7), and left the FWM as it was
+#     (NOTES.md, "One preset for every world");
 #   - each phase keeps its best check on the held-out labelled split (phase_eval_every, the start included), as
 #     SFT's early stopping keeps its best step: a phase that lowers the held-out score is undone;
 #   - Dr. GRPO advantages (r - mean, no division by the group's std, scale_rewards=False): the rewards are
 #     mean log-likelihoods of long states that differ by hundredths of a nat within a group, and dividing by
 #     that std pushes their noise at full size (NOTES.md, "The toy's world through the text path").
 # What ScienceWorld's small FWM needed to copy a held-out room (renamed pairs, the state slot, rotary positions,
-# its step caps) is data/scienceworld/recipe.txt, with the reasons: on other
-# worlds the same settings cost the FWM its copy (NOTES.md, "One preset for every world").
+# its step caps) is data/scienceworld/recipe.txt, with the reasons: on other worlds the same settings cost the
+# FWM its copy (NOTES.md, "One preset for every world").
 PAPER_TEXT = dict(temperature=0.7, top_p=0.96, lr_schedule="cosine", lr_warmup=25, confidence=math.exp(-2))
 NOT_PAPER = dict(scale_rewards=False)
 PRESETS = {
@@ -195,12 +194,9 @@ def configure(argv):
         sys.exit(f"unknown --preset={preset}; choose one of {sorted(PRESETS)}")
     path = recipe_path(last_value(argv, "recipe", cfg.recipe), last_value(argv, "data", cfg.data))
     pretrained = FROM_PRETRAINED if last_value(argv, "init_from", cfg.init_from) != "scratch" else {}
+    recipe = read_recipe(path, preset) if path else {}
     known = known_options(cfg, scfg, scfg.grpo)
-    for key, value in PRESETS[preset].items():
-        setattr(known[key], key, value)
-    for key, value, _ in read_recipe(path, preset) if path else []:
-        set_option(known[key], key, value)  # read_recipe checked the key and the value
-    for key, value in pretrained.items():
+    for key, value in {**PRESETS[preset], **recipe, **pretrained}.items():
         setattr(known[key], key, value)
     parse_options(argv, cfg, scfg, scfg.grpo)
     cfg.recipe = path
@@ -230,13 +226,13 @@ def recipe_path(recipe, data):
 
 
 def read_recipe(path, preset):
-    """[(key, value, line number)] of a recipe file's settings for this preset, each key and value checked
-    (one error naming the file and line otherwise)."""
+    """{key: value} of a recipe file's settings for this preset, each key checked and each value converted to
+    its option's type (one error naming the file and line otherwise)."""
     if not os.path.exists(path):
         raise DataError(f"--recipe={path}: no such file. Fix: give a recipe file, or --recipe= for none.")
     scfg = swirl.SwirlConfig()
     known = known_options(LLMConfig(), scfg, scfg.grpo)
-    settings, section = [], None
+    settings, section = {}, None
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             line = line.split("#", 1)[0].strip()
@@ -254,11 +250,11 @@ def read_recipe(path, preset):
                                 "train_llm.py option (an unknown one on the command line lists them all) other than "
                                 + ", ".join(f"--{k}" for k in sorted(NOT_IN_RECIPE)) + ".")
             try:
-                set_option(copy.copy(known[key]), key, value)  # on a copy: only checks the value
+                value = convert(value, type(getattr(known[key], key)), key)
             except ValueError as e:
                 raise DataError(f"{where}: {e}. Fix: a value of the option's type.") from None
             if section in (None, preset):
-                settings.append((key, value, n))
+                settings[key] = value
     return settings
 
 
@@ -523,7 +519,7 @@ def main(argv):
         f"({'from ' + folder if folder else 'from scratch'}) on {device} "
         f"({rank_and_processes()[1]} process(es))")
     if cfg.recipe:
-        settings = " ".join(f"--{k}={v}" for k, v, _ in read_recipe(cfg.recipe, cfg.preset))
+        settings = " ".join(f"--{k}={v}" for k, v in read_recipe(cfg.recipe, cfg.preset).items())
         log(f"the data set's recipe {cfg.recipe}: {settings} (the command line wins over it)")
     log(f"floors, no model: the FWM writing y = x {copy_baseline(test)}; "
         f"the IDM writing the majority action {majority_baseline(labelled, test)}")
