@@ -13,12 +13,14 @@ prompt was read G times, every pass was left-padded with an explicit attention m
 sampling was checked at every token; now each prompt is read once and its cache repeated, scoring and
 the update are right-padded with no mask (one causal kernel), and the end is checked every 8 tokens.
 
-The GPU check (the train_llm.py GPU defaults: two 8-layer, 512-wide GPTs, context 1,024, bf16 autocast):
+The GPU check (the train_llm.py GPU defaults: two 8-layer, 512-wide GPTs, context 1,280 with rotary positions
+as ScienceWorld's recipe sets them, bf16 autocast), 8 minutes or less on one H100:
 the card and versions; SFT tokens/s and MFU (nanoGPT's 6N + 12 L T C flops per token against the card's
 bf16 dense peak); decode tokens/s of group sampling against the bound set by reading the weights and the
 KV cache once per token; seconds per GRPO step of each phase, split into sampling, reward, reference and
-policy, with the peak memory of each; which attention kernel the unmasked causal passes get; and a short
-train_llm.py run with finite metrics and a falling SFT loss.
+policy, with the peak memory of each; which attention kernel the unmasked causal passes get; a falling SFT
+loss; and the default run's first stages (FIRST_STAGES: pretraining and SFT on ScienceWorld's large set, with
+step caps), its held-out metrics after SFT against the copy floor and the majority action.
 """
 
 import math
@@ -177,7 +179,7 @@ def gpu_check(device, small=False, out_dir="out-bench"):
         cfg = GPTConfig(vocab_size=2055, block_size=128, n_layer=2, n_head=2, n_embd=64)
         batch, T, n_prompts, G, prompt_len, new, steps = 4, 96, 2, 4, 48, 16, 3
     else:  # train_llm.py's GPU defaults
-        cfg = GPTConfig(vocab_size=2055, block_size=1024, n_layer=8, n_head=8, n_embd=512)
+        cfg = GPTConfig(vocab_size=2055, block_size=1280, n_layer=8, n_head=8, n_embd=512, rope=True)
         batch, T, n_prompts, G, prompt_len, new, steps = 32, 1000, 32, 8, 600, 300, 20
     dtype = torch.bfloat16 if on_gpu else torch.float32
     autocast = torch.autocast(device.type, dtype=dtype, enabled=on_gpu)
@@ -252,25 +254,35 @@ def gpu_check(device, small=False, out_dir="out-bench"):
     return figures
 
 
+# The first stages of the GPU default run (`python train_llm.py`: ScienceWorld's large set, the GPU preset and
+# the data set's recipe), with step caps that fit the GPU check's 8 minutes on one H100: the held-out metrics
+# after SFT, against the floors.
+FIRST_STAGES = ["--stop_after=sft", "--pretrain_steps=1000", "--sft_max_steps=1500", "--max_eval=500"]
+
+
 def short_run(device, small, out_dir):
-    """train_llm.py end to end with the defaults and few steps: finite metrics, and an SFT loss that falls.
-    small: on a few gridworld episodes written as JSONL instead of ScienceWorld, so that it takes seconds."""
+    """train_llm.py with its defaults: an SFT loss that falls, then a run with finite metrics.
+    On a GPU the run is FIRST_STAGES, its SFT row checked against the floors (the FWM at the copy floor's
+    ROUGE-L or above, the IDM at three times the majority action or more). small: a whole run of a few steps
+    on a few gridworld episodes written as JSONL instead of ScienceWorld, so that it takes seconds."""
     import json
 
     import swirl
     import train_llm
 
-    args = [f"--out_dir={out_dir}", f"--device={device.type}", "--samples=0", "--iterations=1", "--steps_per_phase=2",
-            "--max_eval=16", "--best_of=2", "--sft_eval_every=50", "--sft_max_steps=100", "--sft_patience=1",
-            "--pretrain_steps=100"]
+    args = [f"--out_dir={out_dir}", f"--device={device.type}", "--samples=0"]
     if small:
-        args += tiny_text_data(out_dir) + ["--sft_max_steps=20", "--sft_eval_every=10", "--max_eval=4"]
+        args += tiny_text_data(out_dir) + ["--sft_max_steps=20", "--sft_eval_every=10", "--max_eval=4",
+                                           "--iterations=1", "--steps_per_phase=2", "--best_of=2"]
+    else:
+        args += FIRST_STAGES
     cfg, scfg = train_llm.configure(args)
     labelled, val, unlabelled, _ = train_llm.load_data(cfg)
     tok = train_llm.make_tokenizer(cfg, labelled + val + unlabelled)
     new_model, mcfg, _ = train_llm.model_factory(cfg, tok, device)
-    codec = make_codec(tok, mcfg.block_size, labelled, unlabelled).to(device)
+    codec = make_codec(tok, mcfg.block_size, labelled, unlabelled, state_slot=cfg.state_slot).to(device)
     examples = [codec.fwm_example(t.x, t.action, t.y) for t in val[:8]]
+    steps = 20 if small else 200
     torch.manual_seed(0)
     model = new_model()
     _, _, autocast = train_llm.setup_devices(cfg)
@@ -278,19 +290,32 @@ def short_run(device, small, out_dir):
         start = swirl.sft_loss(model, examples).item()
     with autocast:
         swirl.sft(model, [codec.fwm_example(t.x, t.action, t.y) for t in labelled], None, scfg, random.Random(0),
-                  steps=scfg.sft_max_steps)
+                  steps=steps)
         with torch.no_grad():
             end = swirl.sft_loss(model, examples).item()
-    print(f"SFT loss on held-out transitions: {start:.3f} -> {end:.3f} after {scfg.sft_max_steps} steps  "
+    print(f"SFT loss on held-out transitions: {start:.3f} -> {end:.3f} after {steps} steps  "
           f"goal: falls  {verdict(end < start)}")
     t0 = time.time()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     train_llm.main(args)
     with open(f"{out_dir}/results.json") as f:
         results = json.load(f)
     finite = all(math.isfinite(v) for s in results["stages"] for k, v in s.items() if k != "stage")
-    print(f"short train_llm.py run: {len(results['stages'])} stages in {time.time() - t0:.0f} s, metrics finite  "
-          f"goal: finite  {verdict(finite)}")
-    return {"sft_loss": (start, end), "finite": finite}
+    print(f"train_llm.py {' '.join(args[1:])}: {len(results['stages'])} stage(s) in {time.time() - t0:.0f} s, "
+          f"metrics finite  goal: finite  {verdict(finite)}")
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        print(f"peak memory of that run: {peak / 2**30:.1f} GiB  goal: <= 24 GiB  {verdict(peak <= 24 * 2**30)}")
+    sft, floors = results["stages"][0], results["floors"]
+    copies = sft["fwm_rougeL"] >= floors["y=x"]["fwm_rougeL"]
+    reads = sft["idm_action_acc"] >= 3 * floors["majority"]["idm_action_acc"]
+    print(f"after SFT, held out: FWM ROUGE-L {sft['fwm_rougeL']:.3f}, exact {sft['fwm_exact']:.3f} (y = x: "
+          f"{floors['y=x']['fwm_rougeL']:.3f}, {floors['y=x']['fwm_exact']:.3f})  goal: at the copy floor or above  "
+          f"{verdict(None if small else copies)}")
+    print(f"after SFT, held out: IDM {sft['idm_action_acc']:.3f} (majority {floors['majority']['idm_action_acc']:.3f})"
+          f"  goal: 3x the majority or more  {verdict(None if small else reads)}")
+    return {"sft_loss": (start, end), "finite": finite, "sft": sft, "floors": floors}
 
 
 def tiny_text_data(out_dir):

@@ -1348,6 +1348,12 @@ def test_scienceworld_preparation_resumes(tmp_path):
     assert len(data.load_episodes(str(tmp_path / "sw" / "train.jsonl.gz"))) == 4
 
 
+def test_scienceworld_preparation_names_its_files(tmp_path):
+    cfg = prepare.ScienceWorldPrep(out=str(tmp_path), train_variations=2, test_variations=1, name="large")
+    prepare.prepare(cfg, FakeScienceWorld())
+    assert sorted(os.listdir(tmp_path)) == ["test_large.jsonl.gz", "train_large.jsonl.gz"]  # no partial_large left
+
+
 def test_scienceworld_unknown_task_is_a_clear_error(tmp_path):
     cfg = prepare.ScienceWorldPrep(out=str(tmp_path / "sw"), tasks="boil,fly")
     with pytest.raises(data.DataError, match=r"unknown ScienceWorld task\(s\) \['fly'\]"):
@@ -1373,14 +1379,43 @@ def test_simulated_worlds_as_jsonl(tmp_path, world):
     assert train[0].actions == actions[0] and train[3].actions == [None] * 8 and test[1].actions == actions[9]
 
 
-def test_shipped_snapshot_loads_and_validates():
-    train = data.load_episodes("data/scienceworld/train.jsonl.gz")
-    test = data.load_episodes("data/scienceworld/test.jsonl.gz")
-    steps = data.transitions(train)
-    labelled, unlabelled = data.labelled_and_unlabelled(steps)
-    assert len(labelled) > 100 and len(unlabelled) > 100
+@pytest.mark.parametrize("name, episodes", [("", (120, 60)), ("_large", (898, 227))])
+def test_shipped_scienceworld_data_loads_and_splits(name, episodes):
+    """Both shipped sets: the small snapshot (the CPU preset's) and the large one (the GPU preset's): whole
+    episodes alternately labelled and state-only, every test action given, and a BPE cache that matches the
+    data, so that a first run trains no tokenizer and writes nothing into the repository."""
+    train = data.load_episodes(f"data/scienceworld/train{name}.jsonl.gz")
+    test = data.load_episodes(f"data/scienceworld/test{name}.jsonl.gz")
+    assert (len(train), len(test)) == episodes
+    labelled = [all(a is not None for a in e.actions) for e in train]
+    assert sum(labelled) == len(train) // 2 and all(lab or not any(e.actions) for lab, e in zip(labelled, train))
     assert all(a is not None for e in test for a in e.actions)
     assert all("In your inventory" in s for e in train[:5] for s in e.states)
+    cfg, _ = train_llm.configure([f"--data=data/scienceworld/train{name}.jsonl.gz"])
+    assert cfg.eval_data == f"data/scienceworld/test{name}.jsonl.gz"
+    labelled, val, unlabelled, held_out = train_llm.load_data(cfg)
+    assert len(held_out) == sum(len(e.actions) for e in test)
+    before = set(os.listdir("data/scienceworld"))
+    train_llm.make_tokenizer(cfg, labelled + val + unlabelled)
+    assert set(os.listdir("data/scienceworld")) == before
+
+
+def test_presets_read_their_scienceworld_set_and_its_test_file(tmp_path):
+    """The GPU preset's default data is the large set, the CPU preset's the small snapshot; --eval_data=auto
+    finds test* beside train*, and holds out part of --data when there is no such file or name."""
+    cfg, _ = train_llm.configure([])
+    assert (cfg.data, cfg.eval_data) == ("data/scienceworld/train_large.jsonl.gz", "data/scienceworld/test_large.jsonl.gz")
+    cfg, _ = train_llm.configure(["--preset=cpu"])
+    assert (cfg.data, cfg.eval_data) == ("data/scienceworld/train.jsonl.gz", "data/scienceworld/test.jsonl.gz")
+    (tmp_path / "train_mine.jsonl").write_text("")
+    (tmp_path / "test_mine.jsonl").write_text("")
+    (tmp_path / "mine.jsonl").write_text("")
+    assert train_llm.eval_path("auto", str(tmp_path / "train_mine.jsonl")) == str(tmp_path / "test_mine.jsonl")
+    assert train_llm.eval_path("auto", str(tmp_path / "mine.jsonl")) == ""  # not named train*
+    assert train_llm.eval_path("auto", str(tmp_path / "train.jsonl")) == ""  # no test.jsonl beside it
+    assert train_llm.eval_path("other.jsonl", str(tmp_path / "train_mine.jsonl")) == "other.jsonl"
+    cfg, _ = train_llm.configure([f"--data={tmp_path / 'mine.jsonl'}", "--preset=cpu"])
+    assert cfg.eval_data == ""  # a user's own file is never scored on ScienceWorld's test set
 
 
 
@@ -1395,7 +1430,8 @@ def test_train_llm_tiny_run_writes_results(tmp_path, capsys):
     args = tiny_text_data(tmp_path)
     train_llm.main(args + [f"--out_dir={tmp_path / 'run'}"])
     res = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert set(res) == {"config", "wall_seconds", "stages"}
+    assert set(res) == {"config", "wall_seconds", "stages", "floors"}
+    assert set(res["floors"]) == {"y=x", "majority"} and 0 <= res["floors"]["y=x"]["fwm_exact"] <= 1
     assert [s["stage"] for s in res["stages"]] == ["sft", "swirl_it1_fwm", "swirl_it1_idm", "swirl_it2_fwm",
                                                    "swirl_it2_idm", "bootstrap", "sft_continue", "best_of_2"]
     for s in res["stages"]:
@@ -1404,6 +1440,25 @@ def test_train_llm_tiny_run_writes_results(tmp_path, capsys):
     assert {"fwm", "idm", "optimizers", "config", "stage", "step", "rng", "generator", "torch_rng"} <= set(ckpt)
     out = capsys.readouterr().out
     assert "IDM's action" in out and "fwm_bleu" in out
+
+
+def test_train_llm_seeds_are_a_paired_experiment(tmp_path, capsys):
+    """--seeds=2: each seed's stages as a run of that seed alone gives them, the gains over SFT computed
+    from them, and --resume reads finished seeds instead of training them again."""
+    args = tiny_text_data(tmp_path) + ["--samples=0", "--iterations=1"]
+    train_llm.main(args + [f"--out_dir={tmp_path / 'alone'}", "--seed=1"])
+    train_llm.main(args + [f"--out_dir={tmp_path / 'both'}", "--seeds=2"])
+    res = json.loads((tmp_path / "both" / "results.json").read_text())
+    alone = json.loads((tmp_path / "alone" / "results.json").read_text())
+    assert [r["seed"] for r in res["seeds"]] == [0, 1] and res["seeds"][1]["stages"] == alone["stages"]
+    by_seed = [{s["stage"]: s for s in r["stages"]} for r in res["seeds"]]
+    gain = res["paired"]["bootstrap"]["fwm_exact"]
+    assert gain["gains"] == [b["bootstrap"]["fwm_exact"] - b["sft"]["fwm_exact"] for b in by_seed]
+    assert set(res["paired"]) == {"swirl_it1_idm", "bootstrap", "sft_continue", "best_of_2"}
+    assert "each method against SFT on the same seed" in capsys.readouterr().out
+    train_llm.main(args + [f"--out_dir={tmp_path / 'both'}", "--seeds=2", "--resume=true"])
+    assert capsys.readouterr().out.count("done before") == 2
+    assert json.loads((tmp_path / "both" / "results.json").read_text())["paired"] == res["paired"]
 
 
 def test_bpe_cache_is_shared_across_seeds_and_never_overwritten(tmp_path):
@@ -1455,14 +1510,17 @@ def test_copy_baseline_hand_computed():
     # y = x is right on the first pair and shares no word with the real y on the second. BLEU over the
     # corpus: n-gram matches 4/6, 3/4, 2/2, 1/1, equal lengths -> (4/6 * 3/4) ** (1/4) = 0.5 ** 0.25
     test = [data.Transition("a b c d", "a b c d", "z", 0), data.Transition("p q", "r s", "z", 0)]
-    assert train_llm.copy_baseline(test) == f"fwm_exact=0.500 fwm_bleu={0.5 ** 0.25:.3f} fwm_rougeL=0.500"
+    assert train_llm.copy_baseline(test) == pytest.approx({"fwm_exact": 0.5, "fwm_bleu": 0.5 ** 0.25, "fwm_rougeL": 0.5})
 
 
 def test_majority_baseline_hand_computed():
     # "go" is the labelled steps' most common action; it is the answer on 1 of the 4 test steps
     labelled = [data.Transition("s", "t", a, 0) for a in ["go", "go", "take", "look"]]
     test = [data.Transition("s", "t", a, 0) for a in ["take", "go", "look", "look"]]
-    assert train_llm.majority_baseline(labelled, test) == "idm_action_acc=0.250 (always 'go')"
+    assert train_llm.majority_baseline(labelled, test) == {"idm_action_acc": 0.25, "action": "go"}
+    floors = {"y=x": {"fwm_exact": 0.5}, "majority": train_llm.majority_baseline(labelled, test)}
+    assert train_llm.floors_line(floors).endswith("y = x fwm_exact=0.500; the IDM writing the majority action "
+                                                  "idm_action_acc=0.250 (always 'go')")
 
 
 def test_train_llm_resume_reaches_the_same_result(tmp_path):
@@ -1766,10 +1824,12 @@ def test_gpu_check_runs_at_toy_sizes_on_the_cpu(tmp_path, capsys):
     figures = bench.gpu_check(torch.device("cpu"), small=True, out_dir=str(tmp_path))
     out = capsys.readouterr().out
     for line in ("device: cpu", "attention, causal with no mask:", "SFT:", "decode:", "GRPO step, phase I (FWM):",
-                 "GRPO step, phase II (IDM):", "SFT loss on held-out transitions:", "short train_llm.py run:"):
+                 "GRPO step, phase II (IDM):", "SFT loss on held-out transitions:", "train_llm.py --device=cpu",
+                 "after SFT, held out: FWM ROUGE-L", "after SFT, held out: IDM"):
         assert line in out, line
     assert "FAIL" not in out and figures["run"]["finite"]
     start, end = figures["run"]["sft_loss"]
     assert end < start and figures["sft_tokens_per_s"] > 0 and figures["decode_tokens_per_s"] > 0
+    assert set(figures["run"]["floors"]) == {"y=x", "majority"} and figures["run"]["sft"]["stage"] == "sft"
     for phase in ("phase I (FWM)", "phase II (IDM)"):
         assert set(figures[phase]) == {"sampling", "reward", "reference", "policy"}

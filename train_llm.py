@@ -1,15 +1,16 @@
 """
 train_llm.py: SWIRL on real text states, on one CUDA GPU (or several, or a CPU for a small run).
 
-    python train_llm.py                          # the shipped ScienceWorld snapshot, GPU-sized defaults
-    python train_llm.py --preset=cpu             # a small model on a CPU, no GPU needed (README: its time)
+    python train_llm.py                          # ScienceWorld's 30 tasks (train_large), GPU-sized defaults
+    python train_llm.py --preset=cpu             # a small model on the small snapshot, on a CPU (README: its time)
     python train_llm.py --data=my.jsonl.gz --eval_data=my_test.jsonl --out_dir=out-mine
     torchrun --nproc_per_node=4 train_llm.py     # several GPUs: sampling split across ranks
     python train_llm.py --resume=True            # continue an interrupted run in --out_dir
+    python train_llm.py --preset=cpu --seeds=5   # seeds 0-4, and each method's gain over SFT on the same seed
 
 Data (see data.py for the JSONL format): steps with an action feed SFT, steps without one feed SWIRL;
---eval_data holds episodes with every action, used only for metrics (without it we hold out part of the
-labelled episodes). The tokenizer is a BPE vocabulary trained on the training states and actions and
+--eval_data holds episodes with every action, used only for metrics (by default the test* file beside a
+train* --data file; without one we hold out part of the labelled episodes). The tokenizer is a BPE vocabulary trained on the training states and actions and
 cached next to the data (--tokenizer=gpt2 uses GPT-2's, when tiktoken can load it).
 
 It runs the same swirl.run_swirl as train_toy.py and writes out_dir/results.json in the same shape, with
@@ -22,6 +23,7 @@ Read this after train_toy.py: the algorithm is the same; only data, size and dev
 
 import contextlib
 import copy
+import json
 import math
 import os
 import random
@@ -29,12 +31,13 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 import swirl
-from common import config_dict, convert, format_table, known_options, parse_options, rank_and_processes, write_results
+from common import (config_dict, convert, format_table, known_options, mean_over_seeds, paired_table, parse_options,
+                    rank_and_processes, write_results)
 from data import (DataError, Renamer, bpe_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled,
                   load_episodes, make_codec, split_episodes, transitions)
 from model import (GPT, GPTConfig, WeightsError, copy_model, gpt2_from_folder, load_checkpoint, model_state,
@@ -44,8 +47,13 @@ from tqdm import tqdm
 
 @dataclass
 class LLMConfig:
-    data: str = "data/scienceworld/train.jsonl.gz"
-    eval_data: str = "data/scienceworld/test.jsonl.gz"  # "" = hold out test_fraction of the labelled episodes
+    # ScienceWorld, 30 tasks, 898 training episodes (README, "ScienceWorld data"); the CPU preset reads the
+    # small snapshot data/scienceworld/train.jsonl.gz instead
+    data: str = "data/scienceworld/train_large.jsonl.gz"
+    # held-out episodes, every action given, for metrics only: "auto" = the file beside --data named test* where
+    # --data is named train* (train_large.jsonl.gz -> test_large.jsonl.gz), when it exists; "" or no such file =
+    # hold out test_fraction of the labelled episodes of --data; or a path
+    eval_data: str = "auto"
     out_dir: str = "out-llm"
     preset: str = "gpu"  # "gpu" (these defaults) or "cpu" (see PRESETS); explicit options win over both
     # settings that belong to a data set (read_recipe): "auto" = the file RECIPE beside --data, when there is one
@@ -74,8 +82,12 @@ class LLMConfig:
     compile: bool = False  # torch.compile the passes over whole sequences (GPT.compile_forward); sampling stays eager
     # the run
     seed: int = 0
+    # > 1: seeds seed, seed + 1, ... one after another, each in out_dir/seed<k> (its own results.json and
+    # checkpoints); out_dir/results.json then holds every seed ("seeds") and each method's gain over SFT on
+    # the same seed ("paired"), printed as a table: mean, 95% t-interval, wins
+    seeds: int = 1
     val_fraction: float = 0.1  # of the labelled episodes: early stopping of every SFT
-    test_fraction: float = 0.2  # of the labelled episodes, used as the test set when eval_data is ""
+    test_fraction: float = 0.2  # of the labelled episodes, used as the test set when there is no eval_data
     max_eval: int = 0  # evaluate on this many held-out transitions (drawn once with the seed); 0 = all
     resume: bool = False
     stop_after: str = ""  # a stage name: stop after it (its checkpoint is written); "" = run everything
@@ -108,7 +120,7 @@ PRESETS = {
     "gpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=2000, sft_lr=6e-4, sft_batch=32, sft_max_steps=5000,
                 sft_eval_every=250, steps_per_phase=0, prompts_per_step=8, group_size=16, lr=5e-5, micro_batch=64,
                 phase_eval_every=25, idm_from_pretrained=True),
-    "cpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=1000, n_layer=2, n_head=4, n_embd=128, device="cpu",
+    "cpu": dict(PAPER_TEXT, **NOT_PAPER, data="data/scienceworld/train.jsonl.gz", pretrain_steps=1000, n_layer=2, n_head=4, n_embd=128, device="cpu",
                 dtype="float32", max_eval=48, sft_lr=3e-3, sft_batch=16, sft_max_steps=3000, sft_eval_every=50,
                 iterations=1, lr_warmup=0, steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2",
                 phase_eval_every=3, idm_from_pretrained=True),
@@ -175,24 +187,33 @@ def copy_baseline(test):
     useful FWM must clear. In ScienceWorld many gold steps (focus on, wait, read) leave the look and the
     inventory unchanged, so this floor is high."""
     xs, ys = [t.x for t in test], [t.y for t in test]
-    exact = sum(x == y for x, y in zip(xs, ys)) / len(test)
-    return " ".join(f"{k}={v:.3f}" for k, v in {"fwm_exact": exact, **text_metrics(xs, ys)}.items())
+    return {"fwm_exact": sum(x == y for x, y in zip(xs, ys)) / len(test), **text_metrics(xs, ys)}
 
 
 def majority_baseline(labelled, test):
     """The IDM's floor: always answer the most common action of the labelled training steps."""
     action = Counter(t.action for t in labelled).most_common(1)[0][0]
-    return f"idm_action_acc={sum(t.action == action for t in test) / len(test):.3f} (always {action!r})"
+    return {"idm_action_acc": sum(t.action == action for t in test) / len(test), "action": action}
+
+
+def floors_line(floors):
+    """The floors as main prints them before training."""
+    copy = " ".join(f"{k}={v:.3f}" for k, v in floors["y=x"].items())
+    majority = floors["majority"]
+    return (f"floors, no model: the FWM writing y = x {copy}; the IDM writing the majority action "
+            f"idm_action_acc={majority['idm_action_acc']:.3f} (always {majority['action']!r})")
 
 
 def configure(argv):
     """LLMConfig and SwirlConfig from the command line: defaults, then the preset, then the data set's recipe,
-    then a pretrained start's settings, then --key=value. cfg.recipe becomes the recipe's path ("" for none)."""
+    then a pretrained start's settings, then --key=value. cfg.recipe becomes the recipe's path ("" for none),
+    cfg.eval_data the held-out file's ("" for a split of --data)."""
     cfg, scfg = LLMConfig(), swirl.SwirlConfig()
     preset = last_value(argv, "preset", cfg.preset)
     if preset not in PRESETS:
         sys.exit(f"unknown --preset={preset}; choose one of {sorted(PRESETS)}")
-    path = recipe_path(last_value(argv, "recipe", cfg.recipe), last_value(argv, "data", cfg.data))
+    data = last_value(argv, "data", PRESETS[preset].get("data", cfg.data))
+    path = recipe_path(last_value(argv, "recipe", cfg.recipe), data)
     pretrained = FROM_PRETRAINED if last_value(argv, "init_from", cfg.init_from) != "scratch" else {}
     recipe = read_recipe(path, preset) if path else {}
     known = known_options(cfg, scfg, scfg.grpo)
@@ -200,7 +221,18 @@ def configure(argv):
         setattr(known[key], key, value)
     parse_options(argv, cfg, scfg, scfg.grpo)
     cfg.recipe = path
+    cfg.eval_data = eval_path(cfg.eval_data, cfg.data)
     return cfg, scfg
+
+
+def eval_path(eval_data, data):
+    """The held-out file a run reads: "auto" -> the test* file beside a train* --data file if it exists,
+    else "" (the test split comes from --data's labelled episodes)."""
+    if eval_data != "auto":
+        return eval_data
+    folder, name = os.path.split(data)
+    path = os.path.join(folder, "test" + name[len("train"):])
+    return path if name.startswith("train") and os.path.exists(path) else ""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -499,10 +531,10 @@ def load_resume(cfg, config, rank):
     return state
 
 
-def main(argv):
-    cfg, scfg = configure(argv)
-    rank, device, autocast = setup_devices(cfg)
-    log = print if rank == 0 else (lambda *a, **k: None)
+def run_seed(cfg, scfg, device, autocast, log):
+    """One seed, start to end (or from its resume.pt with --resume). Returns {"seed", "wall_seconds",
+    "stages", "floors"} and writes cfg.out_dir/results.json (rank 0)."""
+    rank = rank_and_processes()[0]
     resume = None
     if cfg.resume:
         resume = load_resume(cfg, config_dict(cfg, scfg), rank)
@@ -514,15 +546,16 @@ def main(argv):
     codec = make_codec(tok, mcfg.block_size, labelled, unlabelled, scfg.shared, scfg.truncate,
                        vocab_size=mcfg.vocab_size, state_slot=cfg.state_slot).to(device)
     config = config_dict(cfg, scfg)
-    log(f"{len(labelled)} labelled, {len(val)} val, {len(unlabelled)} unlabelled, {len(test)} test transitions; "
-        f"{tok.vocab_size} tokens; models of {n_params:,} parameters "
+    log(f"seed {cfg.seed}: {len(labelled)} labelled, {len(val)} val, {len(unlabelled)} unlabelled, {len(test)} test "
+        f"transitions; {tok.vocab_size} tokens; models of {n_params:,} parameters "
         f"({'from ' + folder if folder else 'from scratch'}) on {device} "
         f"({rank_and_processes()[1]} process(es))")
     if cfg.recipe:
         settings = " ".join(f"--{k}={v}" for k, v in read_recipe(cfg.recipe, cfg.preset).items())
         log(f"the data set's recipe {cfg.recipe}: {settings} (the command line wins over it)")
-    log(f"floors, no model: the FWM writing y = x {copy_baseline(test)}; "
-        f"the IDM writing the majority action {majority_baseline(labelled, test)}")
+    log(f"held-out transitions from {cfg.eval_data or 'a split of the labelled episodes of ' + cfg.data}")
+    floors = {"y=x": copy_baseline(test), "majority": majority_baseline(labelled, test)}
+    log(floors_line(floors))
     with autocast:
         stages, (fwm, idm) = swirl.run_swirl(
             scfg, codec, new_model, labelled, val, unlabelled, test, seed=cfg.seed, extra_metrics=text_metrics,
@@ -531,9 +564,54 @@ def main(argv):
         samples = swirl.show_samples(fwm, idm, codec, test, cfg.samples) if cfg.samples else ""
     wall = time.time() - started
     if rank == 0:
-        write_results(cfg.out_dir, config, stages, wall)
+        write_results(cfg.out_dir, config, stages, wall, floors=floors)
         log(f"\nheld-out samples:\n\n{samples}" if samples else "")
         log(f"\nheld-out results, {wall:.0f} s:\n\n{format_table(stages, METRICS)}\n\nwrote {cfg.out_dir}/results.json")
+    return {"seed": cfg.seed, "wall_seconds": wall, "stages": stages, "floors": floors}
+
+
+GAIN_METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_rougeL"]  # the paired table's columns
+
+
+def run_seeds(cfg, scfg, device, autocast, log):
+    """--seeds=N: seeds cfg.seed ... cfg.seed + N - 1, one after another (a text run uses every core, or
+    every GPU under torchrun), each a run of its own in out_dir/seed<k>. With --resume a seed whose
+    results.json exists is read, not run again, and the one that was interrupted goes on from its resume.pt."""
+    per_seed = []
+    for seed in range(cfg.seed, cfg.seed + cfg.seeds):
+        seed_cfg = replace(cfg, seed=seed, seeds=1, out_dir=os.path.join(cfg.out_dir, f"seed{seed}"))
+        done = os.path.join(seed_cfg.out_dir, "results.json")
+        if cfg.resume and os.path.exists(done):
+            with open(done) as f:
+                result = json.load(f)
+            per_seed.append({"seed": seed, **{k: result[k] for k in ("wall_seconds", "stages", "floors")}})
+            log(f"seed {seed}: done before, read from {done}")
+            continue
+        seed_cfg.resume = cfg.resume and os.path.exists(os.path.join(seed_cfg.out_dir, "resume.pt"))
+        per_seed.append(run_seed(seed_cfg, scfg, device, autocast, log))
+    runs = [r["stages"] for r in per_seed]
+    names = [s["stage"] for s in runs[0]]
+    methods = [n for n in names if n.startswith("swirl_")][-1:] + [n for n in names if n != "sft" and not n.startswith("swirl_")]
+    gains, paired = paired_table(runs, methods, GAIN_METRICS)
+    stages = mean_over_seeds(runs)
+    if rank_and_processes()[0] == 0:
+        write_results(cfg.out_dir, config_dict(cfg, scfg), stages, sum(r["wall_seconds"] for r in per_seed),
+                      seeds=per_seed, paired=paired)
+        log(f"\nheld-out results, mean ± std over seeds {cfg.seed}-{cfg.seed + cfg.seeds - 1}:\n\n"
+            f"{format_table(stages, METRICS)}\n\neach method against SFT on the same seed: mean gain [95% "
+            f"t-interval], seeds where it is higher:\n\n{gains}\n\nwrote {cfg.out_dir}/results.json")
+
+
+def main(argv):
+    cfg, scfg = configure(argv)
+    if cfg.seeds < 1:
+        sys.exit(f"--seeds={cfg.seeds}: give 1 or more")
+    rank, device, autocast = setup_devices(cfg)
+    log = print if rank == 0 else (lambda *a, **k: None)
+    if cfg.seeds == 1:
+        run_seed(cfg, scfg, device, autocast, log)
+    else:
+        run_seeds(cfg, scfg, device, autocast, log)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

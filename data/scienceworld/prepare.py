@@ -2,7 +2,9 @@
 data/scienceworld/prepare.py: ScienceWorld, the paper's own text environment, as state-only episodes.
 
     pip install scienceworld        # needs Java 17; only this script needs it, training does not
-    python data/scienceworld/prepare.py            # writes train.jsonl.gz and test.jsonl.gz here
+    python data/scienceworld/prepare.py            # writes train.jsonl.gz and test.jsonl.gz here (CPU preset)
+    python data/scienceworld/prepare.py --name=large --train_variations=40 --test_variations=8
+                                                   # train_large / test_large (the GPU preset's default data)
 
 For each task and variation we load the task with its gold path, reset, and follow
 get_gold_action_sequence(), recording a state before the first action and after every action. A state
@@ -37,6 +39,13 @@ class ScienceWorldPrep:
     test_variations: int = 2  # per task, from its test split; actions kept, for evaluation only
     max_steps: int = 20  # gold actions followed per episode (long gold paths are cut here)
     max_state_chars: int = 1500  # an episode ends before its first state longer than this
+    name: str = ""  # "" writes train.jsonl.gz / test.jsonl.gz; "large" writes train_large.jsonl.gz / ...
+
+
+def split_file(cfg, split):
+    """cfg.out/<split>.jsonl.gz, or <split>_<name>.jsonl.gz (split: train, test, or partial, the resume log)."""
+    stem = f"{split}_{cfg.name}" if cfg.name else split
+    return os.path.join(cfg.out, stem + (".jsonl" if split == "partial" else ".jsonl.gz"))
 
 
 def scienceworld_state(info):
@@ -76,14 +85,15 @@ def plan_episodes(env, cfg):
 
 
 def prepare(cfg, env):
-    """Write cfg.out/train.jsonl.gz (labelled and unlabelled episodes) and cfg.out/test.jsonl.gz.
+    """Write cfg.out/train.jsonl.gz (labelled and unlabelled episodes) and cfg.out/test.jsonl.gz (with
+    --name=N: train_N.jsonl.gz and test_N.jsonl.gz).
 
-    Resumable: every finished episode is appended to cfg.out/partial.jsonl at once, and a rerun skips
-    what is there; the final files are written atomically at the end and the partial file removed."""
+    Resumable: every finished episode is appended to cfg.out/partial.jsonl (partial_N.jsonl) at once, and a
+    rerun skips what is there; the final files are written atomically at the end and the partial file removed."""
     from tqdm import tqdm
 
     os.makedirs(cfg.out, exist_ok=True)
-    partial = os.path.join(cfg.out, "partial.jsonl")
+    partial = split_file(cfg, "partial")
     done = {}
     if os.path.exists(partial):
         with open(partial, encoding="utf-8") as f:
@@ -108,8 +118,8 @@ def prepare(cfg, env):
     train = [Episode(r["states"], r["actions"] if r["split"] == "labelled" else [None] * len(r["actions"]))
              for r in kept if r["split"] != "test"]
     test = [Episode(r["states"], r["actions"]) for r in kept if r["split"] == "test"]
-    write_episodes(os.path.join(cfg.out, "train.jsonl.gz"), train)
-    write_episodes(os.path.join(cfg.out, "test.jsonl.gz"), test)
+    write_episodes(split_file(cfg, "train"), train)
+    write_episodes(split_file(cfg, "test"), test)
     os.remove(partial)
     return {"train_episodes": len(train), "test_episodes": len(test), "dropped": len(rows) - len(kept),
             "labelled": sum(r["split"] == "labelled" for r in kept),
@@ -134,7 +144,7 @@ def main(argv):
         summary = prepare(cfg, scienceworld_env())
     except DataError as e:
         sys.exit(f"error: {e}")
-    print(f"wrote {cfg.out}/train.jsonl.gz and {cfg.out}/test.jsonl.gz: {summary}")
+    print(f"wrote {split_file(cfg, 'train')} and {split_file(cfg, 'test')}: {summary}")
 
 
 if __name__ == "__main__":
