@@ -1610,6 +1610,7 @@ def test_a_bad_recipe_is_one_error_naming_the_file_and_line(tmp_path):
     for text, line, what in (("--group_size=3\n--group_sise=4\n", 2, "'--group_sise=4' is not a setting"),
                              ("--rename=2\n", 1, "it is a probability"),
                              ("[tpu]\n", 1, r"\[tpu\] names no preset"),
+                             ("--rope=true\n[cpu\n", 2, r"\[cpu names no preset"),  # no closing bracket
                              ("--out_dir=elsewhere\n", 1, "is not a setting a recipe can hold"),
                              ("rope=true\n", 1, "is not a setting")):
         recipe.write_text(text)

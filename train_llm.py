@@ -272,7 +272,7 @@ def read_recipe(path, preset):
             if not line:
                 continue
             if line.startswith("["):
-                section = line.strip("[]")
+                section = line[1:-1] if line.endswith("]") else None
                 if section not in PRESETS:
                     raise DataError(f"{where}: {line} names no preset. Fix: [{'] or ['.join(sorted(PRESETS))}].")
                 continue
