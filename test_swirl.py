@@ -1404,7 +1404,8 @@ def test_presets_read_their_scienceworld_set_and_its_test_file(tmp_path):
     """The GPU preset's default data is the large set, the CPU preset's the small snapshot; --eval_data=auto
     finds test* beside train*, and holds out part of --data when there is no such file or name."""
     cfg, _ = train_llm.configure([])
-    assert (cfg.data, cfg.eval_data) == ("data/scienceworld/train_large.jsonl.gz", "data/scienceworld/test_large.jsonl.gz")
+    large = ("data/scienceworld/train_large.jsonl.gz", "data/scienceworld/test_large.jsonl.gz")
+    assert (cfg.data, cfg.eval_data) == large
     cfg, _ = train_llm.configure(["--preset=cpu"])
     assert (cfg.data, cfg.eval_data) == ("data/scienceworld/train.jsonl.gz", "data/scienceworld/test.jsonl.gz")
     (tmp_path / "train_mine.jsonl").write_text("")
@@ -1510,7 +1511,8 @@ def test_copy_baseline_hand_computed():
     # y = x is right on the first pair and shares no word with the real y on the second. BLEU over the
     # corpus: n-gram matches 4/6, 3/4, 2/2, 1/1, equal lengths -> (4/6 * 3/4) ** (1/4) = 0.5 ** 0.25
     test = [data.Transition("a b c d", "a b c d", "z", 0), data.Transition("p q", "r s", "z", 0)]
-    assert train_llm.copy_baseline(test) == pytest.approx({"fwm_exact": 0.5, "fwm_bleu": 0.5 ** 0.25, "fwm_rougeL": 0.5})
+    expected = {"fwm_exact": 0.5, "fwm_bleu": 0.5 ** 0.25, "fwm_rougeL": 0.5}
+    assert train_llm.copy_baseline(test) == pytest.approx(expected)
 
 
 def test_majority_baseline_hand_computed():

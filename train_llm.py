@@ -10,8 +10,9 @@ train_llm.py: SWIRL on real text states, on one CUDA GPU (or several, or a CPU f
 
 Data (see data.py for the JSONL format): steps with an action feed SFT, steps without one feed SWIRL;
 --eval_data holds episodes with every action, used only for metrics (by default the test* file beside a
-train* --data file; without one we hold out part of the labelled episodes). The tokenizer is a BPE vocabulary trained on the training states and actions and
-cached next to the data (--tokenizer=gpt2 uses GPT-2's, when tiktoken can load it).
+train* --data file; without one we hold out part of the labelled episodes). The tokenizer is a BPE
+vocabulary trained on the training states and actions and cached next to the data (--tokenizer=gpt2 uses
+GPT-2's, when tiktoken can load it).
 
 It runs the same swirl.run_swirl as train_toy.py and writes out_dir/results.json in the same shape, with
 text metrics: idm_action_acc, fwm_exact, fwm_bleu, fwm_rougeL (given the true action) and
@@ -47,7 +48,7 @@ from tqdm import tqdm
 
 @dataclass
 class LLMConfig:
-    # ScienceWorld, 30 tasks, 898 training episodes (README, "ScienceWorld data"); the CPU preset reads the
+    # ScienceWorld, 30 tasks, 898 training episodes (README, "The shipped ScienceWorld data"); the CPU preset reads the
     # small snapshot data/scienceworld/train.jsonl.gz instead
     data: str = "data/scienceworld/train_large.jsonl.gz"
     # held-out episodes, every action given, for metrics only: "auto" = the file beside --data named test* where
@@ -120,9 +121,9 @@ PRESETS = {
     "gpu": dict(PAPER_TEXT, **NOT_PAPER, pretrain_steps=2000, sft_lr=6e-4, sft_batch=32, sft_max_steps=5000,
                 sft_eval_every=250, steps_per_phase=0, prompts_per_step=8, group_size=16, lr=5e-5, micro_batch=64,
                 phase_eval_every=25, idm_from_pretrained=True),
-    "cpu": dict(PAPER_TEXT, **NOT_PAPER, data="data/scienceworld/train.jsonl.gz", pretrain_steps=1000, n_layer=2, n_head=4, n_embd=128, device="cpu",
-                dtype="float32", max_eval=48, sft_lr=3e-3, sft_batch=16, sft_max_steps=3000, sft_eval_every=50,
-                iterations=1, lr_warmup=0, steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2",
+    "cpu": dict(PAPER_TEXT, **NOT_PAPER, data="data/scienceworld/train.jsonl.gz", pretrain_steps=1000, n_layer=2,
+                n_head=4, n_embd=128, device="cpu", dtype="float32", max_eval=48, sft_lr=3e-3, sft_batch=16,
+                sft_max_steps=3000, sft_eval_every=50, iterations=1, lr_warmup=0, steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2",
                 phase_eval_every=3, idm_from_pretrained=True),
 }
 
@@ -591,7 +592,9 @@ def run_seeds(cfg, scfg, device, autocast, log):
         per_seed.append(run_seed(seed_cfg, scfg, device, autocast, log))
     runs = [r["stages"] for r in per_seed]
     names = [s["stage"] for s in runs[0]]
-    methods = [n for n in names if n.startswith("swirl_")][-1:] + [n for n in names if n != "sft" and not n.startswith("swirl_")]
+    # the methods set against SFT: SWIRL's last stage and every baseline
+    methods = [n for n in names if n.startswith("swirl_")][-1:]
+    methods += [n for n in names if n != "sft" and not n.startswith("swirl_")]
     gains, paired = paired_table(runs, methods, GAIN_METRICS)
     stages = mean_over_seeds(runs)
     if rank_and_processes()[0] == 0:
