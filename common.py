@@ -211,6 +211,13 @@ def paired_gain(runs, stage, metric, baseline="sft"):
             "ties": sum(g == 0 for g in gains), "n": n}
 
 
+def methods_against_sft(stages):
+    """The stage names a paired table sets against SFT: SWIRL's last stage and every baseline."""
+    names = [s["stage"] for s in stages]
+    return [n for n in names if n.startswith("swirl_")][-1:] + [n for n in names
+                                                                if n != "sft" and not n.startswith("swirl_")]
+
+
 def paired_table(runs, stages, metrics, baseline="sft"):
     """Markdown table of paired gains over baseline, in points (x 100): mean [95% interval], wins / n.
     Returns (the table, {stage: {metric: paired_gain}}) for results.json."""

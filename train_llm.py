@@ -37,8 +37,8 @@ from dataclasses import dataclass, replace
 import torch
 
 import swirl
-from common import (config_dict, convert, format_table, known_options, mean_over_seeds, paired_table, parse_options,
-                    rank_and_processes, write_results)
+from common import (config_dict, convert, format_table, known_options, mean_over_seeds, methods_against_sft,
+                    paired_table, parse_options, rank_and_processes, write_results)
 from data import (DataError, Renamer, bpe_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled,
                   load_episodes, make_codec, split_episodes, transitions)
 from model import (GPT, GPTConfig, WeightsError, copy_model, gpt2_from_folder, load_checkpoint, model_state,
@@ -48,8 +48,8 @@ from tqdm import tqdm
 
 @dataclass
 class LLMConfig:
-    # ScienceWorld, 30 tasks, 898 training episodes (README, "The shipped ScienceWorld data"); the CPU preset reads the
-    # small snapshot data/scienceworld/train.jsonl.gz instead
+    # ScienceWorld, 30 tasks, 898 training episodes (README, "The shipped ScienceWorld data"); the CPU preset
+    # reads the small snapshot data/scienceworld/train.jsonl.gz instead
     data: str = "data/scienceworld/train_large.jsonl.gz"
     # held-out episodes, every action given, for metrics only: "auto" = the file beside --data named test* where
     # --data is named train* (train_large.jsonl.gz -> test_large.jsonl.gz), when it exists; "" or no such file =
@@ -123,8 +123,8 @@ PRESETS = {
                 phase_eval_every=25, idm_from_pretrained=True),
     "cpu": dict(PAPER_TEXT, **NOT_PAPER, data="data/scienceworld/train.jsonl.gz", pretrain_steps=1000, n_layer=2,
                 n_head=4, n_embd=128, device="cpu", dtype="float32", max_eval=48, sft_lr=3e-3, sft_batch=16,
-                sft_max_steps=3000, sft_eval_every=50, iterations=1, lr_warmup=0, steps_per_phase=6, prompts_per_step=4, group_size=4, best_of="2",
-                phase_eval_every=3, idm_from_pretrained=True),
+                sft_max_steps=3000, sft_eval_every=50, iterations=1, lr_warmup=0, steps_per_phase=6, prompts_per_step=4,
+                group_size=4, best_of="2", phase_eval_every=3, idm_from_pretrained=True),
 }
 
 METRICS = ["idm_action_acc", "fwm_exact", "fwm_exact_inferred", "fwm_bleu", "fwm_rougeL"]
@@ -591,11 +591,7 @@ def run_seeds(cfg, scfg, device, autocast, log):
         seed_cfg.resume = cfg.resume and os.path.exists(os.path.join(seed_cfg.out_dir, "resume.pt"))
         per_seed.append(run_seed(seed_cfg, scfg, device, autocast, log))
     runs = [r["stages"] for r in per_seed]
-    names = [s["stage"] for s in runs[0]]
-    # the methods set against SFT: SWIRL's last stage and every baseline
-    methods = [n for n in names if n.startswith("swirl_")][-1:]
-    methods += [n for n in names if n != "sft" and not n.startswith("swirl_")]
-    gains, paired = paired_table(runs, methods, GAIN_METRICS)
+    gains, paired = paired_table(runs, methods_against_sft(runs[0]), GAIN_METRICS)
     stages = mean_over_seeds(runs)
     if rank_and_processes()[0] == 0:
         write_results(cfg.out_dir, config_dict(cfg, scfg), stages, sum(r["wall_seconds"] for r in per_seed),

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 import swirl
-from common import config_dict, format_table, mean_over_seeds, paired_table, parse_options, write_results
+from common import (config_dict, format_table, mean_over_seeds, methods_against_sft, paired_table, parse_options,
+                    write_results)
 from data import Episode, byte_tokenizer, make_codec, transitions, with_action
 from grpo import GRPOConfig
 from model import GPT, GPTConfig, model_state, save_checkpoint
@@ -246,10 +247,7 @@ def main(argv):
     runs = [r["stages"] for r in per_seed]
     stages = mean_over_seeds(runs)
     wall = time.time() - t0
-    names = [s["stage"] for s in stages]
-    # the methods set against SFT: SWIRL's last stage and every baseline
-    methods = [n for n in names if n.startswith("swirl_")][-1:] + [n for n in names if n != "sft" and not n.startswith("swirl_")]
-    gains, paired = paired_table(runs, methods, GAIN_METRICS)
+    gains, paired = paired_table(runs, methods_against_sft(stages), GAIN_METRICS)
     write_results(cfg.out_dir, config_dict(cfg, scfg), stages, wall, seeds=per_seed, paired=paired)
     if samples:
         print("\nheld-out samples (last seed, final SWIRL models):\n")
