@@ -725,12 +725,13 @@ def test_sft_continuation_keeps_its_best_check_the_start_included():
 
 def test_run_swirl_selects_every_phase_and_sft_continue_alike(monkeypatch):
     _, scfg, codec, new, lab, val, unl, test = tiny_toy(confidence=0.0, phase_eval_every=1, iterations=1)
-    checks = {}
+    checks, starts = {}, {}
     real_sft, real_fwm, real_idm = swirl.sft, swirl.phase_fwm, swirl.phase_idm
 
-    def record_sft(model, examples, val_score, cfg, rng, steps=None, desc="sft"):  # spy_sft records no period
-        checks[desc] = cfg.sft_eval_every
-        return real_sft(model, examples, val_score, cfg, rng, steps, desc)
+    def record_sft(model, examples, val_score, cfg, rng, steps=None, desc="sft", keep_start=False):
+        checks[desc] = cfg.sft_eval_every  # spy_sft records no period
+        starts[desc] = keep_start
+        return real_sft(model, examples, val_score, cfg, rng, steps, desc, keep_start)
 
     def spy_phase(real, role):
         def spy(*a, val_score=None, **kw):
@@ -745,6 +746,10 @@ def test_run_swirl_selects_every_phase_and_sft_continue_alike(monkeypatch):
     assert checks["fwm"] and checks["idm"]  # both phases are given the held-out score ...
     assert checks["sft_continue FWM"] == checks["sft_continue IDM"] == 1  # ... and the control checks as often
     assert checks["sft FWM"] == checks["bootstrap IDM"] == scfg.sft_eval_every  # early stopping as before
+    # the SFTs that start from the SFT models may keep them (Bootstrap, SWIRL with Bootstrap); the others
+    # start from pretrained or fresh weights that no method should keep
+    assert {d for d, keep in starts.items() if keep} == {"bootstrap FWM", "bootstrap IDM", "swirl+bootstrap FWM",
+                                                         "swirl+bootstrap IDM"}
 
 
 def test_phase_fwm_scores_an_unended_action_as_written(monkeypatch):
@@ -903,6 +908,55 @@ def test_sft_trains_only_the_target_tokens():
     assert loss.item() == pytest.approx(-sum(by_hand) / len(by_hand), abs=1e-5)
 
 
+def test_early_stopping_may_keep_the_start(capsys):
+    """keep_start (Bootstrap's SFT): the weights SFT started from are a candidate; where no step beats
+    them they come back, and patience counts from them."""
+    _, scfg, codec, new, lab, *_ = tiny_toy()
+    scfg = swirl.replace(scfg, sft_max_steps=20, sft_eval_every=1, sft_patience=2)
+    ex = [codec.fwm_example(t.x, t.action, t.y) for t in lab]
+    torch.manual_seed(0)
+    model = new()
+    start = weights(model)
+    val_score, seen = scripted_val([0.9, 0.5, 0.4, 0.95])  # the start, then two checks without a gain
+    steps, _ = swirl.sft(model, ex, val_score, scfg, random.Random(0), keep_start=True)
+    assert steps == 2 and len(seen) == 3 and same(seen[0], start) and same(weights(model), start)
+    assert "stopped at step 2 by early stopping; kept step 0" in capsys.readouterr().out
+    val_score, seen = scripted_val([0.5, 0.4, 0.3, 0.2])  # without it the start is never scored
+    swirl.sft(model, ex, val_score, scfg, random.Random(0))
+    assert not same(weights(model), start) and same(weights(model), seen[0])
+
+
+def test_swirl_with_bootstrap_starts_from_swirls_models_and_labels(monkeypatch):
+    """The swirl+bootstrap row: Bootstrap's SFT started from SWIRL's final models (those run_swirl returns)
+    and on their IDM's labels, where the bootstrap row starts from the SFT models (as saved in sft.pt)."""
+    cfg, scfg, codec, new, lab, val, unl, test = tiny_toy(confidence=0.0, iterations=1)
+    labellers, starts = [], {}
+    real_label, real_warm = swirl.pseudo_label, swirl.warm_start
+    monkeypatch.setattr(swirl, "pseudo_label", lambda idm, *a: labellers.append(weights(idm)) or real_label(idm, *a))
+
+    def spy_warm(fwm, idm, *a, desc="sft", **kw):
+        starts[desc] = (weights(fwm), weights(idm))
+        return real_warm(fwm, idm, *a, desc=desc, **kw)
+
+    monkeypatch.setattr(swirl, "warm_start", spy_warm)
+    saved = {}
+    stages, (fwm, idm) = swirl.run_swirl(scfg, codec, new, lab, val, unl, test, log=lambda *_: None,
+                                         checkpoint=lambda name, run, _: saved.setdefault(name, copy_models(run)))
+    assert [s["stage"] for s in stages][-2:] == ["best_of_2", "swirl+bootstrap"]
+    sft_fwm, sft_idm = saved["sft"]
+    assert len(labellers) == 2 and same(labellers[0], sft_idm) and same(labellers[1], weights(idm))
+    assert same(starts["bootstrap"][0], sft_fwm) and same(starts["bootstrap"][1], sft_idm)
+    assert same(starts["swirl+bootstrap"][0], weights(fwm)) and same(starts["swirl+bootstrap"][1], weights(idm))
+    assert not same(weights(fwm), sft_fwm) and not same(weights(idm), sft_idm)  # both phases moved their model
+    stages, _ = swirl.run_swirl(swirl.replace(scfg, iterations=0), codec, new, lab, val, unl, test,
+                                log=lambda *_: None)
+    assert "swirl+bootstrap" not in [s["stage"] for s in stages]  # no SWIRL: it would be Bootstrap again
+
+
+def copy_models(run):
+    return weights(run.sft_models[0]), weights(run.sft_models[1])
+
+
 def test_sft_early_stopping_keeps_the_best_weights_and_says_what_ended_it(capsys):
     _, scfg, codec, new, lab, *_ = tiny_toy()
     scfg = swirl.replace(scfg, sft_max_steps=20, sft_eval_every=1, sft_patience=2)
@@ -929,9 +983,9 @@ def spy_sft(monkeypatch):
     calls = []
     real = swirl.sft
 
-    def spy(model, examples, val_score, cfg, rng, steps=None, desc="sft"):
+    def spy(model, examples, val_score, cfg, rng, steps=None, desc="sft", keep_start=False):
         calls.append((desc, examples, cfg.sft_lr, steps))
-        return real(model, examples, val_score, cfg, rng, steps, desc)
+        return real(model, examples, val_score, cfg, rng, steps, desc, keep_start)
 
     monkeypatch.setattr(swirl, "sft", spy)
     return calls
@@ -1178,8 +1232,10 @@ def test_bench_toy_parts_add_up(tmp_path):
         "--sft_max_steps=4", "--sft_eval_every=2", "--steps_per_phase=2", "--prompts_per_step=2", "--group_size=2",
         "--iterations=1", "--confidence=0.0", "--pretrain_steps=3", f"--out_dir={tmp_path}"])
     outers = {o for o, i in times if i == "all"}
-    assert {"pretraining", "SFT: sft", "SFT: bootstrap", "SFT: oracle", "phase I", "phase II", "evaluation"} <= outers
-    assert times[("evaluation", "all")][1] == 9  # sft, two phases, bootstrap, sft_continue, best_of_2/4/8, oracle
+    assert {"pretraining", "SFT: sft", "SFT: bootstrap", "SFT: oracle", "SFT: swirl+bootstrap", "phase I", "phase II",
+            "evaluation"} <= outers
+    assert times[("evaluation", "all")][1] == 10  # sft, two phases, bootstrap, sft_continue, best_of_2/4/8, oracle,
+    # swirl+bootstrap
     for (outer, inner), (seconds, calls) in times.items():
         if inner != "all":
             assert outer in outers and calls >= 1
@@ -1246,7 +1302,7 @@ def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
     assert res["config"]["pretrain_steps"] == 3 != train_toy.TOY_SWIRL["pretrain_steps"]
     names = [s["stage"] for s in res["stages"]]
     assert names == ["sft", "swirl_it1_fwm", "swirl_it1_idm", "swirl_it2_fwm", "swirl_it2_idm", "bootstrap",
-                     "sft_continue", "best_of_2", "best_of_4", "best_of_8", "oracle"]
+                     "sft_continue", "best_of_2", "best_of_4", "best_of_8", "oracle", "swirl+bootstrap"]
     for s in res["stages"]:
         for m in train_toy.METRICS:
             assert 0 <= s[m] <= 1 and s[m + "_std"] >= 0
@@ -1434,7 +1490,8 @@ def test_train_llm_tiny_run_writes_results(tmp_path, capsys):
     assert set(res) == {"config", "wall_seconds", "stages", "floors"}
     assert set(res["floors"]) == {"y=x", "majority"} and 0 <= res["floors"]["y=x"]["fwm_exact"] <= 1
     assert [s["stage"] for s in res["stages"]] == ["sft", "swirl_it1_fwm", "swirl_it1_idm", "swirl_it2_fwm",
-                                                   "swirl_it2_idm", "bootstrap", "sft_continue", "best_of_2"]
+                                                   "swirl_it2_idm", "bootstrap", "sft_continue", "best_of_2",
+                                                   "swirl+bootstrap"]
     for s in res["stages"]:
         assert all(0 <= s[m] <= 1 for m in train_llm.METRICS)
     ckpt = load_checkpoint(str(tmp_path / "run" / "swirl_it1_idm.pt"))
@@ -1455,7 +1512,7 @@ def test_train_llm_seeds_are_a_paired_experiment(tmp_path, capsys):
     by_seed = [{s["stage"]: s for s in r["stages"]} for r in res["seeds"]]
     gain = res["paired"]["bootstrap"]["fwm_exact"]
     assert gain["gains"] == [b["bootstrap"]["fwm_exact"] - b["sft"]["fwm_exact"] for b in by_seed]
-    assert set(res["paired"]) == {"swirl_it1_idm", "bootstrap", "sft_continue", "best_of_2"}
+    assert set(res["paired"]) == {"swirl_it1_idm", "bootstrap", "sft_continue", "best_of_2", "swirl+bootstrap"}
     assert "each method against SFT on the same seed" in capsys.readouterr().out
     train_llm.main(args + [f"--out_dir={tmp_path / 'both'}", "--seeds=2", "--resume=true"])
     assert capsys.readouterr().out.count("done before") == 2
@@ -1766,7 +1823,7 @@ def test_train_llm_from_a_saved_gpt2(tmp_path):
     train_llm.main(args + [f"--out_dir={tmp_path / 'run'}"])
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [s["stage"] for s in res["stages"]] == ["sft", "swirl_it1_fwm", "swirl_it1_idm", "bootstrap",
-                                                   "sft_continue", "best_of_2"]
+                                                   "sft_continue", "best_of_2", "swirl+bootstrap"]
     assert res["config"]["sft_lr"] == train_llm.FROM_PRETRAINED["sft_lr"]  # a pretrained start fine-tunes
     ckpt = load_checkpoint(str(tmp_path / "run" / "sft.pt"))
     assert ckpt["fwm"]["config"]["vocab_size"] == 320 and ckpt["fwm"]["config"]["gelu"] == "tanh"
