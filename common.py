@@ -221,15 +221,46 @@ def methods_against_sft(stages):
 def paired_table(runs, stages, metrics, baseline="sft"):
     """Markdown table of paired gains over baseline, in points (x 100): mean [95% interval], wins / n.
     Returns (the table, {stage: {metric: paired_gain}}) for results.json."""
-    head = f"| gain over {baseline} (points) | " + " | ".join(metrics) + " |"
-    rows, out = [head, "|" + "---|" * (len(metrics) + 1)], {}
-    for stage in stages:
-        out[stage] = {m: paired_gain(runs, stage, m, baseline) for m in metrics}
+    return gains_table(runs, [(stage, baseline) for stage in stages], metrics, f"gain over {baseline} (points)")
+
+
+def paired_report(runs, metrics):
+    """What a run of several seeds prints after its mean table: each method against SFT, then the combined
+    row against the two methods it combines. Returns (the text, {"paired", "combined"} for results.json)."""
+    gains, paired = paired_table(runs, methods_against_sft(runs[0]), metrics)
+    text = f"each method against SFT on the same seed: mean gain [95% t-interval], seeds where it is higher:\n\n{gains}"
+    table, combined = combined_against_parts(runs, runs[0], metrics)
+    if table:
+        text += f"\n\n{COMBINED} against each method it combines, the same way:\n\n{table}"
+    return text, {"paired": paired, **({"combined": combined} if combined else {})}
+
+
+COMBINED = "swirl+bootstrap"  # swirl.run_baselines' row that combines SWIRL's last stage and Bootstrap
+
+
+def combined_against_parts(runs, stages, metrics):
+    """The combined row against each of the two methods it combines, seed by seed (is it above both?).
+    Returns (the table, {part: {metric: paired_gain}}), or (None, None) where the run has no combined row."""
+    names = [s["stage"] for s in stages]
+    if COMBINED not in names:
+        return None, None
+    parts = [n for n in names if n.startswith("swirl_")][-1:] + ["bootstrap"]
+    table, gains = gains_table(runs, [(COMBINED, part) for part in parts], metrics, f"{COMBINED} minus (points)",
+                               row_name=lambda stage, part: part)
+    return table, {part: gains[part] for part in parts}
+
+
+def gains_table(runs, pairs, metrics, head, row_name=lambda stage, baseline: stage):
+    """One row per (stage, baseline) pair: stage's paired gain over baseline on each metric, in points."""
+    rows, out = [f"| {head} | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)], {}
+    for stage, baseline in pairs:
+        name = row_name(stage, baseline)
+        out[name] = {m: paired_gain(runs, stage, m, baseline) for m in metrics}
         cells = []
         for m in metrics:
-            g = out[stage][m]
+            g = out[name][m]
             interval = "" if g["lo"] is None else f" [{100 * g['lo']:+.1f}, {100 * g['hi']:+.1f}]"
             ties = f" ({g['ties']} tied)" if g["ties"] else ""
             cells.append(f"{100 * g['mean']:+.1f}{interval}, {g['wins']}/{g['n']} up{ties}")
-        rows.append(f"| {stage} | " + " | ".join(cells) + " |")
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows), out

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from tqdm import tqdm
 
-from common import all_reduce_grads, format_row, format_samples, format_stats, rank_and_processes
+from common import COMBINED, all_reduce_grads, format_row, format_samples, format_stats, rank_and_processes
 from data import collate, completion, with_action
 from grpo import GRPOConfig, grpo_step, has_signal
 from model import copy_model, generate, span_logprobs
@@ -637,7 +637,7 @@ def run_baselines(cfg, codec, run, labelled, val, unlabelled, unlabelled_truth, 
     # models as they were (NOTES.md, "SWIRL with Bootstrap"). Last, so that every row above draws the random
     # numbers it drew without it.
     if cfg.iterations:
-        bootstrap("swirl+bootstrap", (run.fwm, run.idm))
+        bootstrap(COMBINED, (run.fwm, run.idm))  # "swirl+bootstrap"
 
 
 def pseudo_label(idm, codec, unlabelled, cfg):

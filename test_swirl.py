@@ -1223,6 +1223,23 @@ def test_paired_gain_by_hand():
     assert "| a | +3.3 [-34.6, +41.3], 1/3 up (1 tied) |" in table and out["a"]["m"]["n"] == 3
 
 
+def test_combined_row_against_its_parts_by_hand():
+    # per seed (sft, swirl_it2_idm, bootstrap, swirl+bootstrap): the combined row minus SWIRL's last stage is
+    # +0.1, +0.2, +0.3 (mean 0.2, sd 0.1, t(2) 4.302653: [0.2 -+ 0.248414]); minus Bootstrap 0, -0.1, +0.1
+    values = [(0.5, 0.6, 0.7, 0.7), (0.4, 0.5, 0.8, 0.7), (0.3, 0.4, 0.6, 0.7)]
+    names = ["sft", "swirl_it2_idm", "bootstrap", "swirl+bootstrap"]
+    # an earlier SWIRL stage (swirl_it1_idm) is not one of the parts
+    runs = [[{"stage": "swirl_it1_idm", "m": 0.0}] + [{"stage": n, "m": v} for n, v in zip(names, row)]
+            for row in values]
+    table, gains = common.combined_against_parts(runs, runs[0], ["m"])
+    assert set(gains) == {"swirl_it2_idm", "bootstrap"}
+    g = gains["swirl_it2_idm"]["m"]
+    assert (g["mean"], g["lo"], g["hi"], g["wins"]) == pytest.approx((0.2, 0.2 - 0.248414, 0.2 + 0.248414, 3), abs=1e-5)
+    assert gains["bootstrap"]["m"]["gains"] == pytest.approx([0.0, -0.1, 0.1])
+    assert "| swirl_it2_idm | +20.0 [-4.8, +44.8], 3/3 up |" in table and "| bootstrap | " in table
+    assert common.combined_against_parts(runs, runs[0][:-1], ["m"]) == (None, None)  # no combined row
+
+
 def test_bench_toy_parts_add_up(tmp_path):
     import bench
 
@@ -1296,7 +1313,8 @@ def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
         "--pretrain_episodes=3",
     ])
     res = json.loads((out / "results.json").read_text())
-    assert set(res) == {"config", "wall_seconds", "stages", "seeds", "paired"} and res["config"]["seeds"] == 2
+    assert set(res) == {"config", "wall_seconds", "stages", "seeds", "paired", "combined"} and res["config"]["seeds"] == 2
+    assert set(res["combined"]) == {"swirl_it2_idm", "bootstrap"}
     assert [s["seed"] for s in res["seeds"]] == [0, 1] and set(res["paired"]) >= {"swirl_it2_idm", "bootstrap"}
     assert res["config"]["lr"] == train_toy.TOY_SWIRL["lr"]  # the toy's defaults reach the run, options win
     assert res["config"]["pretrain_steps"] == 3 != train_toy.TOY_SWIRL["pretrain_steps"]
@@ -1513,7 +1531,9 @@ def test_train_llm_seeds_are_a_paired_experiment(tmp_path, capsys):
     gain = res["paired"]["bootstrap"]["fwm_exact"]
     assert gain["gains"] == [b["bootstrap"]["fwm_exact"] - b["sft"]["fwm_exact"] for b in by_seed]
     assert set(res["paired"]) == {"swirl_it1_idm", "bootstrap", "sft_continue", "best_of_2", "swirl+bootstrap"}
-    assert "each method against SFT on the same seed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "each method against SFT on the same seed" in out and "swirl+bootstrap against each method" in out
+    assert set(res["combined"]) == {"swirl_it1_idm", "bootstrap"}
     train_llm.main(args + [f"--out_dir={tmp_path / 'both'}", "--seeds=2", "--resume=true"])
     assert capsys.readouterr().out.count("done before") == 2
     assert json.loads((tmp_path / "both" / "results.json").read_text())["paired"] == res["paired"]

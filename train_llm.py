@@ -37,8 +37,8 @@ from dataclasses import dataclass, replace
 import torch
 
 import swirl
-from common import (config_dict, convert, format_table, known_options, mean_over_seeds, methods_against_sft,
-                    paired_table, parse_options, rank_and_processes, write_results)
+from common import (config_dict, convert, format_table, known_options, mean_over_seeds, paired_report, parse_options,
+                    rank_and_processes, write_results)
 from data import (DataError, Renamer, bpe_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled,
                   load_episodes, make_codec, split_episodes, transitions)
 from model import (GPT, GPTConfig, WeightsError, copy_model, gpt2_from_folder, load_checkpoint, model_state,
@@ -591,14 +591,13 @@ def run_seeds(cfg, scfg, device, autocast, log):
         seed_cfg.resume = cfg.resume and os.path.exists(os.path.join(seed_cfg.out_dir, "resume.pt"))
         per_seed.append(run_seed(seed_cfg, scfg, device, autocast, log))
     runs = [r["stages"] for r in per_seed]
-    gains, paired = paired_table(runs, methods_against_sft(runs[0]), GAIN_METRICS)
+    report, paired = paired_report(runs, GAIN_METRICS)
     stages = mean_over_seeds(runs)
     if rank_and_processes()[0] == 0:
         write_results(cfg.out_dir, config_dict(cfg, scfg), stages, sum(r["wall_seconds"] for r in per_seed),
-                      seeds=per_seed, paired=paired)
+                      seeds=per_seed, **paired)
         log(f"\nheld-out results, mean ± std over seeds {cfg.seed}-{cfg.seed + cfg.seeds - 1}:\n\n"
-            f"{format_table(stages, METRICS)}\n\neach method against SFT on the same seed: mean gain [95% "
-            f"t-interval], seeds where it is higher:\n\n{gains}\n\nwrote {cfg.out_dir}/results.json")
+            f"{format_table(stages, METRICS)}\n\n{report}\n\nwrote {cfg.out_dir}/results.json")
 
 
 def main(argv):

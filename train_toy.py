@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 import swirl
-from common import (config_dict, format_table, mean_over_seeds, methods_against_sft, paired_table, parse_options,
-                    write_results)
+from common import config_dict, format_table, mean_over_seeds, paired_report, parse_options, write_results
 from data import Episode, byte_tokenizer, make_codec, transitions, with_action
 from grpo import GRPOConfig
 from model import GPT, GPTConfig, model_state, save_checkpoint
@@ -247,8 +246,8 @@ def main(argv):
     runs = [r["stages"] for r in per_seed]
     stages = mean_over_seeds(runs)
     wall = time.time() - t0
-    gains, paired = paired_table(runs, methods_against_sft(stages), GAIN_METRICS)
-    write_results(cfg.out_dir, config_dict(cfg, scfg), stages, wall, seeds=per_seed, paired=paired)
+    report, paired = paired_report(runs, GAIN_METRICS)
+    write_results(cfg.out_dir, config_dict(cfg, scfg), stages, wall, seeds=per_seed, **paired)
     if samples:
         print("\nheld-out samples (last seed, final SWIRL models):\n")
         print(samples)
@@ -259,8 +258,7 @@ def main(argv):
     print("\nwhere the FWM is wrong (fractions of the held-out transitions; see ERROR_KINDS):\n")
     print(format_table(stages, ["fwm_exact"] + ERROR_KINDS))
     if cfg.seeds > 1:
-        print(f"\neach method against SFT on the same seed: mean gain [95% t-interval], seeds where it is higher:\n")
-        print(gains)
+        print(f"\n{report}")
     drew = plot(stages, os.path.join(cfg.out_dir, "metrics.png"))
     print(f"\nwrote {cfg.out_dir}/results.json" + (f" and {cfg.out_dir}/metrics.png" if drew else ""))
 
