@@ -211,11 +211,15 @@ def paired_gain(runs, stage, metric, baseline="sft"):
             "ties": sum(g == 0 for g in gains), "n": n}
 
 
+def swirl_last(names):
+    """[the name of SWIRL's last stage] among stage names ([] where no SWIRL stage ran)."""
+    return [n for n in names if n.startswith("swirl_")][-1:]
+
+
 def methods_against_sft(stages):
     """The stage names a paired table sets against SFT: SWIRL's last stage and every baseline."""
     names = [s["stage"] for s in stages]
-    return [n for n in names if n.startswith("swirl_")][-1:] + [n for n in names
-                                                                if n != "sft" and not n.startswith("swirl_")]
+    return swirl_last(names) + [n for n in names if n != "sft" and not n.startswith("swirl_")]
 
 
 def paired_table(runs, stages, metrics, baseline="sft"):
@@ -244,7 +248,7 @@ def combined_against_parts(runs, stages, metrics):
     names = [s["stage"] for s in stages]
     if COMBINED not in names:
         return None, None
-    parts = [n for n in names if n.startswith("swirl_")][-1:] + ["bootstrap"]
+    parts = swirl_last(names) + ["bootstrap"]
     table, gains = gains_table(runs, [(COMBINED, part) for part in parts], metrics, f"{COMBINED} minus (points)",
                                row_name=lambda stage, part: part)
     return table, {part: gains[part] for part in parts}

@@ -1313,7 +1313,8 @@ def test_train_toy_tiny_two_iterations_writes_results(tmp_path, capsys):
         "--pretrain_episodes=3",
     ])
     res = json.loads((out / "results.json").read_text())
-    assert set(res) == {"config", "wall_seconds", "stages", "seeds", "paired", "combined"} and res["config"]["seeds"] == 2
+    assert set(res) == {"config", "wall_seconds", "stages", "seeds", "paired", "combined"}
+    assert res["config"]["seeds"] == 2
     assert set(res["combined"]) == {"swirl_it2_idm", "bootstrap"}
     assert [s["seed"] for s in res["seeds"]] == [0, 1] and set(res["paired"]) >= {"swirl_it2_idm", "bootstrap"}
     assert res["config"]["lr"] == train_toy.TOY_SWIRL["lr"]  # the toy's defaults reach the run, options win

@@ -591,11 +591,11 @@ def run_seeds(cfg, scfg, device, autocast, log):
         seed_cfg.resume = cfg.resume and os.path.exists(os.path.join(seed_cfg.out_dir, "resume.pt"))
         per_seed.append(run_seed(seed_cfg, scfg, device, autocast, log))
     runs = [r["stages"] for r in per_seed]
-    report, paired = paired_report(runs, GAIN_METRICS)
+    report, gains = paired_report(runs, GAIN_METRICS)
     stages = mean_over_seeds(runs)
     if rank_and_processes()[0] == 0:
         write_results(cfg.out_dir, config_dict(cfg, scfg), stages, sum(r["wall_seconds"] for r in per_seed),
-                      seeds=per_seed, **paired)
+                      seeds=per_seed, **gains)
         log(f"\nheld-out results, mean ± std over seeds {cfg.seed}-{cfg.seed + cfg.seeds - 1}:\n\n"
             f"{format_table(stages, METRICS)}\n\n{report}\n\nwrote {cfg.out_dir}/results.json")
 

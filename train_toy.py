@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 import swirl
-from common import config_dict, format_table, mean_over_seeds, paired_report, parse_options, write_results
+from common import (config_dict, format_table, mean_over_seeds, paired_report, parse_options, swirl_last,
+                    write_results)
 from data import Episode, byte_tokenizer, make_codec, transitions, with_action
 from grpo import GRPOConfig
 from model import GPT, GPTConfig, model_state, save_checkpoint
@@ -227,9 +228,9 @@ def run_seeds(cfg, scfg):
         for job in pending:
             result, samples = job.get()
             row = {s["stage"]: s["fwm_exact"] for s in result["stages"]}
-            swirl_last = [name for name in row if name.startswith("swirl_")][-1:]
+            shown = [name for name in ["sft", *swirl_last(row), "bootstrap"] if name in row]
             print(f"seed {result['seed']} done in {result['wall_seconds']:.0f} s: fwm_exact "
-                  + ", ".join(f"{name} {row[name]:.3f}" for name in ["sft", *swirl_last, "bootstrap"] if name in row))
+                  + ", ".join(f"{name} {row[name]:.3f}" for name in shown))
             results.append(result)
     return results, samples
 
@@ -246,8 +247,8 @@ def main(argv):
     runs = [r["stages"] for r in per_seed]
     stages = mean_over_seeds(runs)
     wall = time.time() - t0
-    report, paired = paired_report(runs, GAIN_METRICS)
-    write_results(cfg.out_dir, config_dict(cfg, scfg), stages, wall, seeds=per_seed, **paired)
+    report, gains = paired_report(runs, GAIN_METRICS)
+    write_results(cfg.out_dir, config_dict(cfg, scfg), stages, wall, seeds=per_seed, **gains)
     if samples:
         print("\nheld-out samples (last seed, final SWIRL models):\n")
         print(samples)
