@@ -1486,10 +1486,11 @@ def test_presets_read_their_scienceworld_set_and_its_test_file(tmp_path):
     (tmp_path / "train_mine.jsonl").write_text("")
     (tmp_path / "test_mine.jsonl").write_text("")
     (tmp_path / "mine.jsonl").write_text("")
-    assert train_llm.eval_path("auto", str(tmp_path / "train_mine.jsonl")) == str(tmp_path / "test_mine.jsonl")
-    assert train_llm.eval_path("auto", str(tmp_path / "mine.jsonl")) == ""  # not named train*
-    assert train_llm.eval_path("auto", str(tmp_path / "train.jsonl")) == ""  # no test.jsonl beside it
-    assert train_llm.eval_path("other.jsonl", str(tmp_path / "train_mine.jsonl")) == "other.jsonl"
+    assert train_llm.beside("auto", str(tmp_path / "train_mine.jsonl"), "test") == str(tmp_path / "test_mine.jsonl")
+    assert train_llm.beside("auto", str(tmp_path / "train_mine.jsonl"), "val") == ""  # no val_mine.jsonl
+    assert train_llm.beside("auto", str(tmp_path / "mine.jsonl"), "test") == ""  # not named train*
+    assert train_llm.beside("auto", str(tmp_path / "train.jsonl"), "test") == ""  # no test.jsonl beside it
+    assert train_llm.beside("other.jsonl", str(tmp_path / "train_mine.jsonl"), "test") == "other.jsonl"
     cfg, _ = train_llm.configure([f"--data={tmp_path / 'mine.jsonl'}", "--preset=cpu"])
     assert cfg.eval_data == ""  # a user's own file is never scored on ScienceWorld's test set
 
@@ -1517,6 +1518,64 @@ def test_train_llm_tiny_run_writes_results(tmp_path, capsys):
     assert {"fwm", "idm", "optimizers", "config", "stage", "step", "rng", "generator", "torch_rng"} <= set(ckpt)
     out = capsys.readouterr().out
     assert "IDM's action" in out and "fwm_bleu" in out
+
+
+def test_the_toy_through_train_llm_gives_the_toys_numbers(tmp_path):
+    """One world, one answer: a toy seed exported (train_toy.py --export) and run by train_llm.py, under either
+    preset, is the toy's own run: the same weights after SFT and after every phase, the same FWM metrics on
+    every stage the toy has too. The IDM's accuracy differs by design (the toy counts only the transitions one
+    action explains), and so would swirl+bootstrap (after the toy's oracle, which draws from the same stream)."""
+    toy = ["--size=3", "--n_walls=1", "--episode_len=3", "--labelled_episodes=6", "--val_episodes=3",
+           "--unlabelled_episodes=6", "--test_episodes=3", "--n_layer=1", "--n_head=2", "--n_embd=16",
+           "--sft_max_steps=60", "--sft_eval_every=10", "--sft_patience=2", "--steps_per_phase=4",
+           "--phase_eval_every=0", "--prompts_per_step=2", "--group_size=4", "--pretrain_steps=60",
+           "--iterations=1", "--max_draws=2", "--best_of=2", "--samples=0", "--seeds=2", "--confidence=0.0",
+           "--workers=1"]  # in this process, on as many threads as train_llm.py below: one float order
+    train_toy.main(toy + [f"--out_dir={tmp_path / 'toy'}"])
+    train_toy.main(toy + [f"--export={tmp_path / 'split'}"])
+    recipe = (tmp_path / "split" / "seed1" / "recipe.txt").read_text()
+    assert "--seed=1\n" in recipe and "--temperature=1.5\n" in recipe and "--beta=1.0\n" in recipe
+    toy_res = json.loads((tmp_path / "toy" / "results.json").read_text())["seeds"][1]["stages"]
+    for preset in ("gpu", "cpu"):
+        out = tmp_path / f"text-{preset}"
+        train_llm.main([f"--data={tmp_path / 'split' / 'seed1' / 'train.jsonl.gz'}", f"--preset={preset}",
+                        f"--out_dir={out}", "--samples=0"])
+        res = json.loads((out / "results.json").read_text())
+        assert res["config"]["val_data"].endswith("val.jsonl.gz") and res["config"]["eval_data"].endswith("test.jsonl.gz")
+        text = {s["stage"]: s for s in res["stages"]}
+        names = [s["stage"] for s in toy_res if s["stage"] not in ("oracle", "swirl+bootstrap")]
+        assert names == [n for n in text if n != "swirl+bootstrap"]
+        for s in toy_res:
+            if s["stage"] in names:
+                assert (s["fwm_exact"], s["fwm_exact_inferred"]) == (text[s["stage"]]["fwm_exact"],
+                                                                     text[s["stage"]]["fwm_exact_inferred"])
+        for stage in ("sft", "swirl_it1_fwm", "swirl_it1_idm"):
+            a = load_checkpoint(str(tmp_path / "toy" / "seed1" / f"{stage}.pt"))
+            b = load_checkpoint(str(out / f"{stage}.pt"))
+            for role in ("fwm", "idm"):
+                assert a[role]["config"] == b[role]["config"]
+                assert all(torch.equal(a[role]["weights"][k], v) for k, v in b[role]["weights"].items()), (stage, role)
+    moved = load_checkpoint(str(tmp_path / "toy" / "seed1" / "sft.pt"))["fwm"]["weights"]
+    assert not all(torch.equal(moved[k], v) for k, v in a["fwm"]["weights"].items())  # the phases changed it
+
+
+def test_val_data_is_read_beside_train_and_needs_every_action(tmp_path):
+    """--val_data=auto reads val* beside train*; its episodes are the validation split, none of --data's
+    labelled ones is held out for it, and a val episode without its actions is one error naming the line."""
+    train_toy.main(["--export=" + str(tmp_path), "--labelled_episodes=5", "--val_episodes=2",
+                    "--unlabelled_episodes=3", "--test_episodes=2"])
+    folder = tmp_path / "seed0"
+    cfg, _ = train_llm.configure([f"--data={folder / 'train.jsonl.gz'}"])
+    assert cfg.val_data == str(folder / "val.jsonl.gz")
+    labelled, val, unlabelled, test = train_llm.load_data(cfg)
+    assert (len(labelled), len(val), len(unlabelled), len(test)) == (5 * 8, 2 * 8, 3 * 8, 2 * 8)
+    cfg, _ = train_llm.configure([f"--data={folder / 'train.jsonl.gz'}", "--val_data=", "--val_fraction=0.2"])
+    labelled, val, _, _ = train_llm.load_data(cfg)
+    assert (len(labelled), len(val)) == (4 * 8, 1 * 8)  # a fifth of the 5 labelled episodes held out
+    (tmp_path / "val_bad.jsonl").write_text(json.dumps({"states": ["a", "b", "c"], "actions": ["x", None]}) + "\n")
+    cfg, _ = train_llm.configure([f"--data={folder / 'train.jsonl.gz'}", f"--val_data={tmp_path / 'val_bad.jsonl'}"])
+    with pytest.raises(data.DataError, match=r"val_bad.jsonl:1: --val_data episodes need every action"):
+        train_llm.load_data(cfg)
 
 
 def test_train_llm_seeds_are_a_paired_experiment(tmp_path, capsys):

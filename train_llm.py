@@ -9,10 +9,12 @@ train_llm.py: SWIRL on real text states, on one CUDA GPU (or several, or a CPU f
     python train_llm.py --preset=cpu --seeds=5   # seeds 0-4, and each method's gain over SFT on the same seed
 
 Data (see data.py for the JSONL format): steps with an action feed SFT, steps without one feed SWIRL;
---eval_data holds episodes with every action, used only for metrics (by default the test* file beside a
-train* --data file; without one we hold out part of the labelled episodes). The tokenizer is a BPE
-vocabulary trained on the training states and actions and cached next to the data (--tokenizer=gpt2 uses
-GPT-2's, when tiktoken can load it).
+--eval_data holds episodes with every action, used only for metrics, and --val_data the same for early stopping
+and each phase's checks (by default the test* and val* files beside a train* --data file; without them we hold
+out part of the labelled episodes). The tokenizer is a BPE vocabulary trained on the training states and
+actions and cached next to the data (--tokenizer=bytes reads bytes, --tokenizer=gpt2 uses GPT-2's, when
+tiktoken can load it). `python train_toy.py --export=DIR` writes the toy's own splits and settings as such
+files: run through here, they give the toy's numbers (README, "One world, one answer").
 
 It runs the same swirl.run_swirl as train_toy.py and writes out_dir/results.json in the same shape, with
 text metrics: idm_action_acc, fwm_exact, fwm_bleu, fwm_rougeL (given the true action) and
@@ -39,7 +41,7 @@ import torch
 import swirl
 from common import (config_dict, convert, format_table, known_options, mean_over_seeds, paired_report, parse_options,
                     rank_and_processes, write_results)
-from data import (DataError, Renamer, bpe_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled,
+from data import (DataError, Renamer, bpe_tokenizer, byte_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled,
                   load_episodes, make_codec, split_episodes, transitions)
 from model import (GPT, GPTConfig, WeightsError, copy_model, gpt2_from_folder, load_checkpoint, model_state,
                    save_checkpoint)
@@ -55,12 +57,18 @@ class LLMConfig:
     # --data is named train* (train_large.jsonl.gz -> test_large.jsonl.gz), when it exists; "" or no such file =
     # hold out test_fraction of the labelled episodes of --data; or a path
     eval_data: str = "auto"
+    # labelled episodes for early stopping and each phase's checks (every action given): "auto" = the file
+    # beside --data named val* where --data is named train*, when it exists; "" or no such file = hold out
+    # val_fraction of the labelled episodes of --data; or a path
+    val_data: str = "auto"
     out_dir: str = "out-llm"
     preset: str = "gpu"  # "gpu" (these defaults) or "cpu" (see PRESETS); explicit options win over both
     # settings that belong to a data set (read_recipe): "auto" = the file RECIPE beside --data, when there is one
     # (data/scienceworld/ has one); "" = none; or a path. It wins over the preset; the command line wins over it
     recipe: str = "auto"
-    tokenizer: str = "bpe"  # "bpe" (trained on the training data, offline) or "gpt2" (needs tiktoken's download)
+    # "bpe" (trained on the training data, offline), "bytes" (one token a byte, as the toy's) or "gpt2" (needs
+    # tiktoken's download)
+    tokenizer: str = "bpe"
     vocab_size: int = 2048  # of the trained BPE
     # where both models start: "scratch" (the sizes below), "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"
     # (downloaded once into --cache_dir), or a folder with GPT-2's config.json, model.safetensors, vocab.json
@@ -77,6 +85,8 @@ class LLMConfig:
     state_slot: bool = False  # x padded to the longest training state in both prompts (data.in_slot)
     rename: float = 0.0  # > 0: the FWM's pretraining pairs, and one more copy of each SFT triple, with each word
     # renamed with this probability (data.Renamer; ScienceWorld's recipe)
+    closed_world: bool = False  # each role writes only the tokens its training outputs use (the FWM the states',
+    # the IDM the actions'; data.make_codec), as the toy's do; False: any text
     # the machine
     device: str = "auto"  # "auto": cuda when available, else cpu
     dtype: str = "auto"  # "auto": bfloat16 autocast on a GPU that has it, else float32
@@ -87,7 +97,7 @@ class LLMConfig:
     # checkpoints); out_dir/results.json then holds every seed ("seeds") and each method's gain over SFT on
     # the same seed ("paired"), printed as a table: mean, 95% t-interval, wins
     seeds: int = 1
-    val_fraction: float = 0.1  # of the labelled episodes: early stopping of every SFT
+    val_fraction: float = 0.1  # of the labelled episodes: early stopping of every SFT, when there is no val_data
     test_fraction: float = 0.2  # of the labelled episodes, used as the test set when there is no eval_data
     max_eval: int = 0  # evaluate on this many held-out transitions (drawn once with the seed); 0 = all
     resume: bool = False
@@ -208,7 +218,7 @@ def floors_line(floors):
 def configure(argv):
     """LLMConfig and SwirlConfig from the command line: defaults, then the preset, then the data set's recipe,
     then a pretrained start's settings, then --key=value. cfg.recipe becomes the recipe's path ("" for none),
-    cfg.eval_data the held-out file's ("" for a split of --data)."""
+    cfg.eval_data and cfg.val_data the held-out files' ("" for a split of --data)."""
     cfg, scfg = LLMConfig(), swirl.SwirlConfig()
     preset = last_value(argv, "preset", cfg.preset)
     if preset not in PRESETS:
@@ -222,17 +232,19 @@ def configure(argv):
         setattr(known[key], key, value)
     parse_options(argv, cfg, scfg, scfg.grpo)
     cfg.recipe = path
-    cfg.eval_data = eval_path(cfg.eval_data, cfg.data)
+    cfg.eval_data = beside(cfg.eval_data, cfg.data, "test")
+    cfg.val_data = beside(cfg.val_data, cfg.data, "val")
     return cfg, scfg
 
 
-def eval_path(eval_data, data):
-    """The held-out file a run reads: "auto" -> the test* file beside a train* --data file if it exists,
-    else "" (the test split comes from --data's labelled episodes)."""
-    if eval_data != "auto":
-        return eval_data
+def beside(option, data, prefix):
+    """The held-out file a run reads: "auto" -> the file beside a train* --data file whose name starts with
+    prefix instead (train_large.jsonl.gz -> test_large.jsonl.gz) if it exists, else "" (that split comes from
+    --data's labelled episodes)."""
+    if option != "auto":
+        return option
     folder, name = os.path.split(data)
-    path = os.path.join(folder, "test" + name[len("train"):])
+    path = os.path.join(folder, prefix + name[len("train"):])
     return path if name.startswith("train") and os.path.exists(path) else ""
 
 
@@ -247,7 +259,7 @@ def eval_path(eval_data, data):
 #     --sft_max_steps=250     # for --preset=cpu only
 
 RECIPE = "recipe.txt"
-NOT_IN_RECIPE = {"data", "eval_data", "recipe", "preset", "out_dir", "resume", "stop_after"}  # run, not data, options
+NOT_IN_RECIPE = {"data", "eval_data", "val_data", "recipe", "preset", "out_dir", "resume", "stop_after"}  # run, not data, options
 
 
 def recipe_path(recipe, data):
@@ -298,23 +310,19 @@ def last_value(argv, key, default):
 
 
 def load_data(cfg):
-    """Training episodes -> labelled / val / unlabelled transitions; eval episodes -> test transitions."""
+    """Training episodes -> labelled / val / unlabelled transitions; eval episodes -> test transitions. The val
+    and test episodes come from their files (--val_data, --eval_data), or else from the labelled episodes of
+    --data, split by episode with the seed."""
     episodes = load_episodes(cfg.data)
     with_labels = [e for e in episodes if any(a is not None for a in e.actions)]
     if not with_labels:
         raise DataError(f"{cfg.data}: no step has an action, and SFT needs some. Fix: keep the actions of part "
                         "of the episodes (SWIRL uses the steps whose action is null or missing).")
-    if cfg.eval_data:
-        test_episodes = load_episodes(cfg.eval_data)
-        for e in test_episodes:
-            if any(a is None for a in e.actions):
-                raise DataError(f"{e.source}: --eval_data episodes need every action (they are the answers). "
-                                "Fix: give every action, or leave --eval_data empty to hold out labelled episodes.")
-        val_ep, _ = split_episodes(with_labels, [cfg.val_fraction, 1 - cfg.val_fraction], cfg.seed)
-    else:
-        fractions = [cfg.val_fraction, cfg.test_fraction, 1 - cfg.val_fraction - cfg.test_fraction]
-        val_ep, test_episodes, _ = split_episodes(with_labels, fractions, cfg.seed)
+    fractions = [0.0 if cfg.val_data else cfg.val_fraction, 0.0 if cfg.eval_data else cfg.test_fraction]
+    val_ep, test_episodes, _ = split_episodes(with_labels, fractions + [1 - sum(fractions)], cfg.seed)
     held_out = {id(e) for e in test_episodes}  # (when they come from --data)
+    val_ep = answers(cfg.val_data, "--val_data") if cfg.val_data else val_ep
+    test_episodes = answers(cfg.eval_data, "--eval_data") if cfg.eval_data else test_episodes
     rest = [e for e in episodes if id(e) not in held_out]
     steps = transitions(rest)
     val_sources = {e.source for e in val_ep}  # "file:line" names each episode
@@ -328,10 +336,20 @@ def load_data(cfg):
     if not val or not labelled or not test:
         raise DataError(f"{cfg.data}: too few labelled episodes to split into train / val / test "
                         f"({len(labelled)} / {len(val)} / {len(test)} transitions). Fix: more labelled episodes, "
-                        "or --eval_data.")
+                        "or --val_data and --eval_data.")
     if cfg.max_eval and len(test) > cfg.max_eval:
         test = random.Random(cfg.seed).sample(test, cfg.max_eval)
     return labelled, val, unlabelled, test
+
+
+def answers(path, option):
+    """The episodes of a held-out file, each with every action (they are what the models are scored on)."""
+    episodes = load_episodes(path)
+    for e in episodes:
+        if any(a is None for a in e.actions):
+            raise DataError(f"{e.source}: {option} episodes need every action (they are the answers). "
+                            f"Fix: give every action, or leave {option} empty to hold out labelled episodes.")
+    return episodes
 
 
 # A pretrained start fine-tunes at nanoGPT's order of rate for GPT-2 (not one we have measured) and needs no
@@ -384,8 +402,10 @@ def make_tokenizer(cfg, train, folder=None):
     split gets its own file and none overwrites another. A pretrained model reads its own vocabulary."""
     if folder is not None or cfg.tokenizer == "gpt2":
         return gpt2_tokenizer(folder)
+    if cfg.tokenizer == "bytes":
+        return byte_tokenizer()
     if cfg.tokenizer != "bpe":
-        sys.exit(f"unknown --tokenizer={cfg.tokenizer}; choose bpe or gpt2")
+        sys.exit(f"unknown --tokenizer={cfg.tokenizer}; choose bpe, bytes or gpt2")
     texts = sorted({t.x for t in train} | {t.y for t in train} | {t.action for t in train if t.action is not None})
     name = f"bpe{cfg.vocab_size}-{corpus_hash(texts)[:8]}.txt"
     return bpe_tokenizer(texts, cfg.vocab_size, os.path.join(os.path.dirname(os.path.abspath(cfg.data)), name))
@@ -545,7 +565,7 @@ def run_seed(cfg, scfg, device, autocast, log):
     tok = make_tokenizer(cfg, labelled + val + unlabelled, folder)
     new_model, mcfg, n_params = model_factory(cfg, tok, device, folder)
     codec = make_codec(tok, mcfg.block_size, labelled, unlabelled, scfg.shared, scfg.truncate,
-                       vocab_size=mcfg.vocab_size, state_slot=cfg.state_slot).to(device)
+                       vocab_size=mcfg.vocab_size, state_slot=cfg.state_slot, closed_world=cfg.closed_world).to(device)
     config = config_dict(cfg, scfg)
     log(f"seed {cfg.seed}: {len(labelled)} labelled, {len(val)} val, {len(unlabelled)} unlabelled, {len(test)} test "
         f"transitions; {tok.vocab_size} tokens; models of {n_params:,} parameters "
@@ -554,7 +574,8 @@ def run_seed(cfg, scfg, device, autocast, log):
     if cfg.recipe:
         settings = " ".join(f"--{k}={v}" for k, v in read_recipe(cfg.recipe, cfg.preset).items())
         log(f"the data set's recipe {cfg.recipe}: {settings} (the command line wins over it)")
-    log(f"held-out transitions from {cfg.eval_data or 'a split of the labelled episodes of ' + cfg.data}")
+    split = "a split of the labelled episodes of " + cfg.data
+    log(f"held-out transitions from {cfg.eval_data or split}; validation from {cfg.val_data or split}")
     floors = {"y=x": copy_baseline(test), "majority": majority_baseline(labelled, test)}
     log(floors_line(floors))
     with autocast:

@@ -4,6 +4,7 @@ train_toy.py: SWIRL end to end on the toy gridworld, on a laptop CPU.
     python train_toy.py                      # one seed, the default settings below
     python train_toy.py --seeds=10           # seeds 0-9 side by side, one per core; paired gains over SFT
     python train_toy.py --phases=fwm --beta=0.05 --out_dir=out-beta   # any setting, --key=value
+    python train_toy.py --seeds=10 --export=toy-split   # each seed's data and settings, for train_llm.py
 
 It builds the world, draws labelled, validation, unlabelled and held-out test episodes, then runs
 swirl.run_swirl (SFT, SWIRL iterations, baselines) and prints a table like the paper's Table 9.
@@ -26,7 +27,7 @@ import torch
 import swirl
 from common import (config_dict, format_table, mean_over_seeds, paired_report, parse_options, swirl_last,
                     write_results)
-from data import Episode, byte_tokenizer, make_codec, transitions, with_action
+from data import Episode, byte_tokenizer, make_codec, strip_actions, transitions, with_action, write_episodes
 from grpo import GRPOConfig
 from model import GPT, GPTConfig, model_state, save_checkpoint
 from toy_envs import AGENT, BOX, GridWorld, consistent_actions, make_episodes
@@ -59,6 +60,8 @@ class ToyConfig:
     device: str = "cpu"
     out_dir: str = "out-toy"
     samples: int = 2  # held-out transitions printed at the end
+    export: str = ""  # a folder: write each seed's splits and settings there as train_llm.py's data and recipe
+    # (export_seed), and train nothing
 
 
 # The toy's defaults for swirl.SwirlConfig and grpo.GRPOConfig (train_llm.py has its own). Each rests on a
@@ -122,32 +125,43 @@ def log_world(cfg):
     return replace(make_world(cfg), patrol=cfg.patrol)
 
 
-def make_data(cfg, seed):
-    """Episodes -> labelled / val / unlabelled / test / pretraining transitions. Episodes are split, never
-    steps; the pretraining episodes come last, so the other splits do not depend on how many there are.
-    With --patrol the unlabelled split draws other numbers, so the test split that follows is other episodes
-    (of the same even policy)."""
+def draw_splits(cfg, seed):
+    """The seed's episodes, {split: [Episode]} for labelled, val, unlabelled, test and pretrain (each with
+    its true actions), drawn by one numpy stream in that order. Episodes are split, never steps; the
+    pretraining episodes come last, so the other splits do not depend on how many there are. With --patrol
+    the unlabelled split draws other numbers, so the test split that follows is other episodes (of the same
+    even policy)."""
     world = make_world(cfg)
     logs = log_world(cfg)
-    splits = [(cfg.labelled_episodes, world), (cfg.val_episodes, world), (cfg.unlabelled_episodes, logs),
-              (cfg.test_episodes, world), (cfg.pretrain_episodes, logs)]
+    splits = {"labelled": (cfg.labelled_episodes, world), "val": (cfg.val_episodes, world),
+              "unlabelled": (cfg.unlabelled_episodes, logs), "test": (cfg.test_episodes, world),
+              "pretrain": (cfg.pretrain_episodes, logs)}
     rng = np.random.default_rng(seed)  # one stream through every split
-    parts, start = [], 0
-    for n, policy in splits:
+    episodes, start = {}, 0
+    for name, (n, policy) in splits.items():
         states, actions = make_episodes(policy, n, rng)
-        parts.append(transitions([Episode(s, a, f"toy episode {start + i}")
-                                  for i, (s, a) in enumerate(zip(states, actions))]))
+        episodes[name] = [Episode(s, a, f"toy episode {start + i}") for i, (s, a) in enumerate(zip(states, actions))]
         start += n
-    labelled, val, unlabelled_truth, test, pretrain = parts
-    unlabelled = [with_action(t, None) for t in unlabelled_truth]  # SWIRL never sees these actions
-    pretrain = [with_action(t, None) for t in pretrain]  # states only, like every pretraining corpus
-    return labelled, val, unlabelled, unlabelled_truth, test, pretrain
+    return episodes
+
+
+def make_data(cfg, seed):
+    """The seed's episodes -> labelled / val / unlabelled / unlabelled with their actions / test / pretraining
+    transitions."""
+    parts = {name: transitions(episodes) for name, episodes in draw_splits(cfg, seed).items()}
+    unlabelled = [with_action(t, None) for t in parts["unlabelled"]]  # SWIRL never sees these actions
+    pretrain = [with_action(t, None) for t in parts["pretrain"]]  # states only, like every pretraining corpus
+    return parts["labelled"], parts["val"], unlabelled, parts["unlabelled"], parts["test"], pretrain
+
+
+def block_size(cfg):
+    return 2 * (cfg.size * (cfg.size + 1)) + 16  # two grids + the longest action + markers
 
 
 def run_seed(cfg, scfg, seed):
     labelled, val, unlabelled, unlabelled_truth, test, pretrain = make_data(cfg, seed)
     tok = byte_tokenizer()
-    block = 2 * (cfg.size * (cfg.size + 1)) + 16  # two grids + the longest action + markers
+    block = block_size(cfg)
     # a closed world: the FWM writes grid symbols only, the IDM its action words (see data.make_codec)
     codec = make_codec(tok, block, labelled, unlabelled + pretrain, scfg.shared, closed_world=True).to(cfg.device)
     mcfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block, n_layer=cfg.n_layer, n_head=cfg.n_head,
@@ -169,6 +183,41 @@ def run_seed(cfg, scfg, seed):
         pretrain_pairs=pretrain or None, checkpoint=checkpoint,
     )
     return stages, (fwm, idm, codec, test)
+
+
+# ----------------------------------------------------------------------------------------------------
+# One world, one answer: the toy's seed as a user's data, for train_llm.py's text path
+
+
+def export_seed(cfg, scfg, seed):
+    """Write seed `seed`'s splits to cfg.export/seed<k>/ as train_llm.py reads a user's data: train.jsonl.gz
+    (the labelled episodes, then the unlabelled ones without their actions), val.jsonl.gz and test.jsonl.gz
+    (every action), and recipe.txt, this run's settings as train_llm.py options, which train_llm.py reads
+    beside --data. `python train_llm.py --data=<folder>/train.jsonl.gz` then runs this seed as run_seed does,
+    with the same numbers but two (README, "One world, one answer"). Returns the folder."""
+    if cfg.pretrain_episodes:
+        sys.exit("--export: train_llm.py pretrains the FWM on the unlabelled pairs; --pretrain_episodes has no file "
+                 "there. Fix: leave --pretrain_episodes at 0.")
+    episodes = draw_splits(cfg, seed)
+    folder = os.path.join(cfg.export, f"seed{seed}")
+    write_episodes(os.path.join(folder, "train.jsonl.gz"), episodes["labelled"] + strip_actions(episodes["unlabelled"]))
+    write_episodes(os.path.join(folder, "val.jsonl.gz"), episodes["val"])
+    write_episodes(os.path.join(folder, "test.jsonl.gz"), episodes["test"])
+    lines = [f"--{key}={value}" for key, value in text_options(cfg, scfg, seed).items()]
+    with open(os.path.join(folder, "recipe.txt"), "w") as f:
+        f.write(f"# train_toy.py's settings for seed {seed} (written by train_toy.py --export), as train_llm.py options:\n"
+                "# every SWIRL and GRPO setting, so that no preset's value is left\n" + "\n".join(lines) + "\n")
+    return folder
+
+
+def text_options(cfg, scfg, seed):
+    """The toy's model, tokenizer and masks (run_seed), its every SwirlConfig and GRPOConfig setting, and the
+    seed, in train_llm.py's option names. The toy scores its whole test split, on a CPU in float32."""
+    model = dict(tokenizer="bytes", closed_world=True, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                 block_size=block_size(cfg), rope=False, state_slot=False, rename=0.0, device=cfg.device,
+                 dtype="float32", max_eval=0, seed=seed)
+    settings = {k: v for k, v in config_dict(scfg).items() if k != "grpo"}
+    return {**model, **settings, **config_dict(scfg.grpo)}
 
 
 def plot(stages, path):
@@ -242,6 +291,10 @@ def main(argv):
         log_world(cfg)  # a bad world option (--max_step=0, --patrol=2) stops here, before any training
     except ValueError as e:
         sys.exit(f"error: {e}")
+    if cfg.export:
+        folders = [export_seed(cfg, scfg, seed) for seed in range(cfg.seeds)]
+        print("wrote " + ", ".join(folders) + f"; run one with python train_llm.py --data={folders[0]}/train.jsonl.gz")
+        return
     t0 = time.time()
     per_seed, samples = run_seeds(cfg, scfg)
     runs = [r["stages"] for r in per_seed]
