@@ -565,7 +565,7 @@ def parse_episode(obj, source):
 def load_episodes(path):
     """Read and validate a .jsonl or .jsonl.gz file of episodes; blank lines are skipped."""
     if not os.path.exists(path):
-        raise DataError(f"{path}: no such file. Fix: check --data / --eval_data.")
+        raise DataError(f"{path}: no such file. Fix: check --data, --val_data and --eval_data.")
     episodes = []
     with _open_text(path) as f:
         for lineno, line in enumerate(f, start=1):
