@@ -41,8 +41,8 @@ import torch
 import swirl
 from common import (config_dict, convert, format_table, known_options, mean_over_seeds, paired_report, parse_options,
                     rank_and_processes, write_results)
-from data import (DataError, Renamer, bpe_tokenizer, byte_tokenizer, corpus_hash, gpt2_tokenizer, labelled_and_unlabelled,
-                  load_episodes, make_codec, split_episodes, transitions)
+from data import (DataError, Renamer, bpe_tokenizer, byte_tokenizer, corpus_hash, gpt2_tokenizer,
+                  labelled_and_unlabelled, load_episodes, make_codec, split_episodes, transitions)
 from model import (GPT, GPTConfig, WeightsError, copy_model, gpt2_from_folder, load_checkpoint, model_state,
                    save_checkpoint)
 from tqdm import tqdm
@@ -259,7 +259,8 @@ def beside(option, data, prefix):
 #     --sft_max_steps=250     # for --preset=cpu only
 
 RECIPE = "recipe.txt"
-NOT_IN_RECIPE = {"data", "eval_data", "val_data", "recipe", "preset", "out_dir", "resume", "stop_after"}  # run, not data, options
+# run options, not data ones
+NOT_IN_RECIPE = {"data", "eval_data", "val_data", "recipe", "preset", "out_dir", "resume", "stop_after"}
 
 
 def recipe_path(recipe, data):
