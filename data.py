@@ -597,17 +597,23 @@ def write_episodes(path, episodes):
     os.replace(tmp, path)
 
 
-def write_splits(out, states, actions, n_labelled, n_unlabelled):
-    """A simulated world's episodes (lists of state texts and of actions) as train_llm.py's data: the first
-    n_labelled keep their actions, the next n_unlabelled have none (SWIRL's), the rest keep theirs for
-    metrics. Writes out/train.jsonl.gz and out/test.jsonl.gz; returns how many episodes each holds."""
+def write_splits(out, states, actions, n_labelled, n_unlabelled, n_val=0):
+    """A simulated world's episodes (lists of state texts and of actions) as train_llm.py's data, in the order
+    labelled, unlabelled, validation, test: the first n_labelled keep their actions, the next n_unlabelled
+    have none (SWIRL's), the next n_val (early stopping and each phase's checks) and the rest (metrics) keep
+    theirs. Writes out/train.jsonl.gz, out/val.jsonl.gz when n_val > 0, and out/test.jsonl.gz; returns how
+    many episodes each holds (train, val, test)."""
+    def episodes(start, stop, labelled=True):
+        return [Episode(s, a if labelled else [None] * len(a)) for s, a in zip(states[start:stop], actions[start:stop])]
+
     n_train = n_labelled + n_unlabelled
-    train = [Episode(s, a if i < n_labelled else [None] * len(a))
-             for i, (s, a) in enumerate(zip(states[:n_train], actions[:n_train]))]
-    test = [Episode(s, a) for s, a in zip(states[n_train:], actions[n_train:])]
+    train = episodes(0, n_labelled) + episodes(n_labelled, n_train, labelled=False)
+    val, test = episodes(n_train, n_train + n_val), episodes(n_train + n_val, len(states))
     write_episodes(os.path.join(out, "train.jsonl.gz"), train)
+    if val:
+        write_episodes(os.path.join(out, "val.jsonl.gz"), val)
     write_episodes(os.path.join(out, "test.jsonl.gz"), test)
-    return len(train), len(test)
+    return len(train), len(val), len(test)
 
 
 def transitions(episodes):

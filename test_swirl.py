@@ -1442,16 +1442,21 @@ def test_simulated_worlds_as_jsonl(tmp_path, world):
     prep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(prep)
     options = prep.GridPrep if world == "gridworld" else prep.KitchenPrep
-    cfg = options(out=str(tmp_path), labelled_episodes=3, unlabelled_episodes=5, test_episodes=2)
-    assert prep.prepare(cfg) == (8, 2)
-    train, test = (data.load_episodes(str(tmp_path / f)) for f in ("train.jsonl.gz", "test.jsonl.gz"))
+    cfg = options(out=str(tmp_path), labelled_episodes=3, unlabelled_episodes=5, val_episodes=1, test_episodes=2)
+    assert prep.prepare(cfg) == (8, 1, 2)
+    train, val, test = (data.load_episodes(str(tmp_path / f)) for f in ("train.jsonl.gz", "val.jsonl.gz",
+                                                                          "test.jsonl.gz"))
     labelled, unlabelled = data.labelled_and_unlabelled(data.transitions(train))
-    assert (len(labelled), len(unlabelled)) == (3 * 8, 5 * 8) and all(a for e in test for a in e.actions)
+    assert (len(labelled), len(unlabelled)) == (3 * 8, 5 * 8) and all(a for e in val + test for a in e.actions)
     # the world's own episodes, the same stream: the toy's 4x4 grid, or the kitchen
-    states, actions = (make_episodes(GridWorld(4, 3, 1, 8), 10, seed=0) if world == "gridworld"
-                       else make_kitchen_episodes(Kitchen(), 10, seed=0))
-    assert [e.states for e in train + test] == states
-    assert train[0].actions == actions[0] and train[3].actions == [None] * 8 and test[1].actions == actions[9]
+    states, actions = (make_episodes(GridWorld(4, 3, 1, 8), 11, seed=0) if world == "gridworld"
+                       else make_kitchen_episodes(Kitchen(), 11, seed=0))
+    assert [e.states for e in train + val + test] == states
+    assert train[0].actions == actions[0] and train[3].actions == [None] * 8 and val[0].actions == actions[8]
+    assert test[1].actions == actions[10]
+    os.remove(tmp_path / "val.jsonl.gz")  # without validation episodes, no val file (train_llm.py holds some out)
+    assert prep.prepare(options(out=str(tmp_path), val_episodes=0, test_episodes=2)) == (240, 0, 2)
+    assert not os.path.exists(tmp_path / "val.jsonl.gz")
 
 
 @pytest.mark.parametrize("name, episodes", [("", (120, 60)), ("_large", (898, 227))])

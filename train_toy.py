@@ -27,7 +27,7 @@ import torch
 import swirl
 from common import (config_dict, format_table, mean_over_seeds, paired_report, parse_options, swirl_last,
                     write_results)
-from data import Episode, byte_tokenizer, make_codec, transitions, with_action, write_episodes, write_splits
+from data import Episode, byte_tokenizer, make_codec, transitions, with_action, write_splits
 from grpo import GRPOConfig
 from model import GPT, GPTConfig, model_state, save_checkpoint
 from toy_envs import AGENT, BOX, GridWorld, consistent_actions, make_episodes
@@ -200,10 +200,9 @@ def export_seed(cfg, scfg, seed):
                  "there. Fix: leave --pretrain_episodes at 0.")
     episodes = draw_splits(cfg, seed)
     folder = os.path.join(cfg.export, f"seed{seed}")
-    ordered = episodes["labelled"] + episodes["unlabelled"] + episodes["test"]  # data.write_splits' layout
+    ordered = [e for split in ("labelled", "unlabelled", "val", "test") for e in episodes[split]]  # write_splits'
     write_splits(folder, [e.states for e in ordered], [e.actions for e in ordered], cfg.labelled_episodes,
-                 cfg.unlabelled_episodes)
-    write_episodes(os.path.join(folder, "val.jsonl.gz"), episodes["val"])
+                 cfg.unlabelled_episodes, cfg.val_episodes)
     lines = [f"--{key}={value}" for key, value in text_options(cfg, scfg, seed).items()]
     with open(os.path.join(folder, "recipe.txt"), "w") as f:
         f.write(f"# train_toy.py's settings for seed {seed} (written by train_toy.py --export), as train_llm.py "

@@ -16,7 +16,7 @@ Why this world: its states are sentences, not grids; its 28 actions are words of
 IDM writes "put egg in cupboard", not one symbol); and an action changes one or two lines while the rest
 must be copied, as in ScienceWorld's rooms, but with states short enough that a small model from scratch
 learns to copy them on a CPU. So "does Phase II keep the world model given the IDM's action" is a real
-question here, where on ScienceWorld that world model is too weak to ask it (README, "Phase II and the IDM").
+question here, where on ScienceWorld that world model is too weak to ask it (README, "One world, one answer").
 
 The policy picks among the actions that change the state, so each step is explained by exactly one
 action (a move of one object, or one door) and the IDM's ceiling is 1. Seeded by numpy's Generator.

@@ -33,19 +33,22 @@ class GridPrep:
     # so many steps walk into a wall and leave the state as it was: a world where y = x often scores)
     labelled_episodes: int = 40  # with actions (SFT; train_llm.py holds a tenth of them out for early stopping)
     unlabelled_episodes: int = 200  # actions hidden: SWIRL's data
+    val_episodes: int = 0  # with actions, for early stopping and the phases' checks (val.jsonl.gz; 0: none,
+    # and train_llm.py holds labelled episodes out instead); the toy's split is --labelled_episodes=12 --val_episodes=25
     test_episodes: int = 100  # with actions, for metrics only
     seed: int = 0
 
 
 def prepare(cfg):
-    """Write cfg.out/train.jsonl.gz (labelled, then unlabelled episodes) and cfg.out/test.jsonl.gz."""
+    """Write cfg.out/train.jsonl.gz (labelled, then unlabelled episodes), val.jsonl.gz and test.jsonl.gz."""
     world = GridWorld(cfg.size, cfg.n_walls, cfg.n_boxes, cfg.episode_len, cfg.p_move)
-    n = cfg.labelled_episodes + cfg.unlabelled_episodes + cfg.test_episodes
+    n = cfg.labelled_episodes + cfg.unlabelled_episodes + cfg.val_episodes + cfg.test_episodes
     states, actions = make_episodes(world, n, seed=cfg.seed)
-    return write_splits(cfg.out, states, actions, cfg.labelled_episodes, cfg.unlabelled_episodes)
+    return write_splits(cfg.out, states, actions, cfg.labelled_episodes, cfg.unlabelled_episodes, cfg.val_episodes)
 
 
 if __name__ == "__main__":
     (cfg,) = parse_options(sys.argv[1:], GridPrep())
-    n_train, n_test = prepare(cfg)
-    print(f"wrote {cfg.out}/train.jsonl.gz ({n_train} episodes) and {cfg.out}/test.jsonl.gz ({n_test})")
+    n_train, n_val, n_test = prepare(cfg)
+    val = f", val.jsonl.gz ({n_val})" if n_val else ""
+    print(f"wrote {cfg.out}/train.jsonl.gz ({n_train} episodes){val} and test.jsonl.gz ({n_test})")
