@@ -506,6 +506,7 @@ def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, id
     stop_after: a stage name; return right after that stage (and its checkpoint).
     renamer: a data.Renamer (a data set's trick, not SWIRL's): every SFT and pretraining of the FWM sees renamed
     copies too (pretrain_fwm, warm_start)."""
+    check_stop_after(cfg, stop_after)
     rank, _ = rank_and_processes()
     # every rank starts from the same weights, but draws its own batches and samples
     torch.manual_seed(seed)
@@ -578,6 +579,20 @@ def run_swirl(cfg, codec, new_model, labelled, val, unlabelled, test, seed=0, id
     log("baselines")
     run_baselines(cfg, codec, run, labelled, val, unlabelled, unlabelled_truth, record, log, renamer)
     return run.stages, (fwm, idm)
+
+
+def stop_stages(cfg):
+    """The stages a run can stop after (run_swirl's stop_after), in order: SFT and each SWIRL phase; the
+    baselines run together, after the last phase."""
+    return ["sft"] + [f"swirl_it{it}_{role}" for it in range(1, cfg.iterations + 1) for role in ("fwm", "idm")
+                      if cfg.phases in ("both", role)]
+
+
+def check_stop_after(cfg, stop_after):
+    """One clear error for a stop_after that names no stage of this run, which would otherwise run to the end."""
+    if stop_after and stop_after not in stop_stages(cfg):
+        raise ValueError(f"--stop_after={stop_after} names no stage of this run. Fix: one of "
+                         + ", ".join(stop_stages(cfg)) + ', or "" to run everything (the baselines included).')
 
 
 def warn_if_idle(stats, role, cfg, log):

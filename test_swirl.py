@@ -1281,6 +1281,28 @@ def test_seeds_give_the_same_numbers_alone_or_side_by_side(tmp_path):
     assert (tmp_path / "side" / "seed1" / "log.txt").read_text().startswith("seed 1:")
 
 
+def test_stop_after_keeps_swirls_rows_and_rejects_unknown_stages(tmp_path):
+    args = ["--size=3", "--n_walls=1", "--episode_len=3", "--labelled_episodes=6", "--val_episodes=2",
+            "--unlabelled_episodes=4", "--test_episodes=2", "--n_layer=1", "--n_head=2", "--n_embd=16",
+            "--sft_max_steps=4", "--sft_eval_every=2", "--steps_per_phase=2", "--prompts_per_step=2",
+            "--group_size=2", "--iterations=1", "--seeds=2", "--workers=1", "--confidence=0.0",
+            "--pretrain_steps=3", "--samples=0"]
+    train_toy.main(args + [f"--out_dir={tmp_path / 'all'}"])
+    train_toy.main(args + ["--stop_after=swirl_it1_idm", f"--out_dir={tmp_path / 'cut'}"])
+    full, cut = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("all", "cut"))
+    for whole, part in zip(full["seeds"], cut["seeds"]):  # the oracle: the same seeds run to the end
+        assert [s["stage"] for s in part["stages"]] == ["sft", "swirl_it1_fwm", "swirl_it1_idm"]
+        assert part["stages"] == whole["stages"][:3]
+    assert set(cut["paired"]) == {"swirl_it1_idm"} and "combined" not in cut  # SWIRL's last stage against SFT
+    for stage in ("bootstrap", "swirl_it2_fwm"):  # a baseline, and a phase this run does not have
+        with pytest.raises(SystemExit, match=f"--stop_after={stage} names no stage of this run. Fix: one of sft, "
+                                             "swirl_it1_fwm, swirl_it1_idm"):
+            train_toy.main(args + [f"--stop_after={stage}", f"--out_dir={tmp_path / 'bad'}"])
+    with pytest.raises(SystemExit, match="--stop_after=sft_ names no stage"):
+        train_llm.main(["--data=missing.jsonl", "--stop_after=sft_"])  # before the data is read
+    assert not (tmp_path / "bad").exists()
+
+
 def test_cell_accuracy_by_hand():
     assert train_toy.cell_accuracy(["ab\ncd", "x"], ["ab\ncc", "xy"])["fwm_cell_acc"] == pytest.approx(5 / 7)
 

@@ -626,6 +626,10 @@ def main(argv):
     cfg, scfg = configure(argv)
     if cfg.seeds < 1:
         sys.exit(f"--seeds={cfg.seeds}: give 1 or more")
+    try:
+        swirl.check_stop_after(scfg, cfg.stop_after)  # before any data is read or model trained
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     rank, device, autocast = setup_devices(cfg)
     log = print if rank == 0 else (lambda *a, **k: None)
     if cfg.seeds == 1:

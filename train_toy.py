@@ -5,6 +5,7 @@ train_toy.py: SWIRL end to end on the toy gridworld, on a laptop CPU.
     python train_toy.py --seeds=10           # seeds 0-9 side by side, one per core; paired gains over SFT
     python train_toy.py --phases=fwm --beta=0.05 --out_dir=out-beta   # any setting, --key=value
     python train_toy.py --seeds=10 --export=toy-split   # each seed's data and settings, for train_llm.py
+    python train_toy.py --seeds=10 --stop_after=swirl_it3_idm   # SFT and SWIRL only: the same rows, no baselines
 
 It builds the world, draws labelled, validation, unlabelled and held-out test episodes, then runs
 swirl.run_swirl (SFT, SWIRL iterations, baselines) and prints a table like the paper's Table 9.
@@ -62,6 +63,8 @@ class ToyConfig:
     samples: int = 2  # held-out transitions printed at the end
     export: str = ""  # a folder: write each seed's splits and settings there as train_llm.py's data and recipe
     # (export_seed), and train nothing
+    stop_after: str = ""  # a stage name: stop after it; "swirl_it3_idm" = SFT and SWIRL without the baselines,
+    # about a third of a seed's time, the same SWIRL rows (the baselines run after SWIRL); "" = run everything
 
 
 # The toy's defaults for swirl.SwirlConfig and grpo.GRPOConfig (train_llm.py has its own). Each rests on a
@@ -180,7 +183,7 @@ def run_seed(cfg, scfg, seed):
     stages, (fwm, idm) = swirl.run_swirl(
         scfg, codec, lambda: GPT(mcfg).to(cfg.device), labelled, val, unlabelled, test, seed=seed,
         idm_counted=identifiable, extra_metrics=toy_metrics, unlabelled_truth=unlabelled_truth,
-        pretrain_pairs=pretrain or None, checkpoint=checkpoint,
+        pretrain_pairs=pretrain or None, checkpoint=checkpoint, stop_after=cfg.stop_after or None,
     )
     return stages, (fwm, idm, codec, test)
 
@@ -290,6 +293,7 @@ def main(argv):
     parse_options(argv, cfg, scfg, scfg.grpo)
     try:
         log_world(cfg)  # a bad world option (--max_step=0, --patrol=2) stops here, before any training
+        swirl.check_stop_after(scfg, cfg.stop_after)
     except ValueError as e:
         sys.exit(f"error: {e}")
     if cfg.export:
